@@ -1,0 +1,49 @@
+"""The Env contract.
+
+An env suite (what ``conf/env/*.yaml`` instantiates) owns a task source with deterministic
+train/val/test splits, makes fresh episode envs, and ships an oracle and a verifier::
+
+    suite.tasks("train") -> list[Task]
+    env = suite.make(); obs = env.reset(task); obs, reward, done, info = env.step(action_text)
+    suite.oracle(task, rng) -> list[str]        # a demonstration: the actions, in order
+    suite.verify(task, env) -> bool             # the outcome of a finished episode
+
+Episode envs are text in, text out. ``step`` never raises on a malformed action: it returns an
+observation the agent can read (and ``info["invalid"] = True``). The turn cap is the env's.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Protocol
+
+from agentrl.types import Task
+
+
+class EpisodeEnv(Protocol):
+    system_prompt: str
+    max_turns: int
+
+    def reset(self, task: Task) -> str: ...
+
+    def step(self, action: str) -> tuple[str, float, bool, dict[str, Any]]: ...
+
+    def render(self) -> str: ...
+
+
+class EnvSuite(Protocol):
+    name: str
+    system_prompt: str
+    max_turns: int
+    # tokens the policy may generate in one turn
+    max_action_tokens: int
+    # strings that end a turn when generated (besides the tokenizer's end-of-turn token)
+    stop_strings: list[str]
+
+    def tasks(self, split: str) -> list[Task]: ...
+
+    def make(self) -> EpisodeEnv: ...
+
+    def oracle(self, task: Task, rng: random.Random) -> list[str]: ...
+
+    def verify(self, task: Task, env: EpisodeEnv) -> bool: ...

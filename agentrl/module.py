@@ -1,0 +1,319 @@
+"""The LightningModule that alternates rollout and policy optimization.
+
+One training step (one batch of tasks) runs the named phases, each timed into ``perf/<phase>_s``:
+
+    rollout     the policy acts in ``group_size`` episodes per task      -> Trajectories
+    score       rewards (never raise; failures are counted and skipped)  -> trajectory.reward
+    advantages  the algorithm turns rewards into per-episode advantages
+    update      epochs x minibatches of the algorithm's loss, manual optimization, grad clipping
+    sync        new weights reach the rollout engine
+    log         namespaced metrics and sample trajectories
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+import time
+
+import lightning as L
+import numpy as np
+import torch
+
+from agentrl.batching import TokenBatch, collate, model_logprobs, model_logprobs_chunked
+from agentrl.buffer import ReplayBuffer
+from agentrl.rewards.base import score_batch
+from agentrl.rollout.chat import ChatFormat
+from agentrl.rollout.runner import EpisodeRunner
+from agentrl.types import Trajectory
+
+
+class Timer:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+class AgentRLModule(L.LightningModule):
+    """Owns the policy (with its LoRA adapter, if any), the reference, the algorithm, the engine,
+    the env suite, the reward and the buffer. Hyper-parameters come from ``conf/module/rl.yaml``.
+    """
+
+    def __init__(
+        self,
+        policy,
+        tokenizer,
+        suite,
+        reward,
+        algorithm,
+        engine,
+        optimizer,
+        buffer: ReplayBuffer,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_seq_len: int = 512,
+        observation_role: str = "user",
+        update_micro_batch_size: int = 64,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        if temperature <= 0:
+            raise ValueError(f"rollout.temperature must be > 0, got {temperature}")
+        self.policy = policy
+        self.tokenizer = tokenizer
+        self.suite = suite
+        self.reward = reward
+        self.algorithm = algorithm
+        self.engine = engine
+        self.optimizer_factory = optimizer
+        self.buffer = buffer
+        self.temperature = temperature
+        self.top_p = top_p
+        self.update_micro_batch_size = update_micro_batch_size
+        self.seed = seed
+        self.chat = ChatFormat(tokenizer, observation_role)
+        self.runner = EpisodeRunner(engine, self.chat, suite, max_seq_len)
+        self.reference = None
+        self.rl_step = 0
+        self.counters = {"failed_episodes": 0, "skipped_updates": 0}
+        self.last_samples: list[Trajectory] = []
+        self.last_val_samples: list[Trajectory] = []
+        self._val: list[Trajectory] = []
+
+    # ----------------------------------------------------------------- setup
+    def configure_model(self) -> None:
+        if self.algorithm.needs_reference and self.reference is None and not self._has_adapter():
+            self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        self.engine.bind(self.policy, self.tokenizer)
+
+    def _has_adapter(self) -> bool:
+        return hasattr(self.policy, "disable_adapter")
+
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        return self.optimizer_factory(params)
+
+    # ----------------------------------------------------------------- train
+    def training_step(self, batch, batch_idx):
+        step, tasks = batch["step"], batch["tasks"]
+        timer = Timer()
+        with timer("rollout"):
+            trajs = self._rollout(tasks, step)
+        with timer("score"):
+            counts = score_batch(self.reward, trajs)
+        with timer("advantages"):
+            kept = [t for t in trajs if t.status != "failed"]
+            advantages = self._advantages(kept)
+        with timer("update"):
+            self.buffer.add(kept, step)
+            stats = self._update(self.buffer.drain(step), advantages)
+        with timer("sync"):
+            self.engine.sync(self.policy)
+        with timer("log"):
+            self.rl_step = step + 1
+            self.last_samples = trajs
+            metrics = self._train_metrics(trajs, counts, stats)
+        metrics.update({f"perf/{k}_s": v for k, v in timer.seconds.items()})
+        metrics["perf/rollout_tokens_per_s"] = stats.pop("_gen_tokens") / max(
+            timer.seconds["rollout"], 1e-9
+        )
+        metrics["perf/update_tokens_per_s"] = stats.pop("_upd_tokens") / max(
+            timer.seconds["update"], 1e-9
+        )
+        self._log_train(metrics)
+
+    def _generator(self, step: int, salt: int) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed(hash((self.seed, step, self.global_rank, salt)) % (2**63))
+        return g
+
+    def _rollout(self, tasks, step: int) -> list[Trajectory]:
+        group = self.algorithm.group_size
+        expanded = [t for t in tasks for _ in range(group)]
+        groups = [i for i in range(len(tasks)) for _ in range(group)]
+        params = self.runner.sampling(self.temperature, self.top_p, greedy=False)
+        self.policy.eval()
+        trajs = self.runner.run(expanded, groups, params, self._generator(step, 0))
+        self.policy.train()
+        return trajs
+
+    def _advantages(self, trajs: list[Trajectory]) -> torch.Tensor:
+        if not trajs:
+            return torch.zeros(0)
+        rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
+        groups = torch.tensor([t.group for t in trajs])
+        return self.algorithm.advantages(rewards, groups)
+
+    def _reference_logprobs(self, batch: TokenBatch) -> torch.Tensor | None:
+        if not self.algorithm.needs_reference:
+            return None
+        chunk = self.update_micro_batch_size
+        if self.reference is not None:
+            return model_logprobs_chunked(self.reference, batch, chunk, self.temperature)
+        with self.policy.disable_adapter():
+            return model_logprobs_chunked(self.policy, batch, chunk, self.temperature)
+
+    def _update(self, trajs: list[Trajectory], advantages: torch.Tensor) -> dict:
+        stats: dict = {"_gen_tokens": sum(t.num_generated for t in trajs), "_upd_tokens": 0}
+        if not trajs or not bool((advantages != 0).any()):
+            stats["skipped_zero_adv"] = 1.0
+            return stats
+        batch = collate(trajs, self.tokenizer.pad_token_id).to(self.device)
+        advantages = advantages.to(self.device)
+        old = model_logprobs_chunked(
+            self.policy, batch, self.update_micro_batch_size, self.temperature
+        )
+        ref = self._reference_logprobs(batch)
+        mask = batch.loss_mask
+        stats["rollout/logprob_diff"] = float(
+            ((old - batch.behaviour_logprobs).abs() * mask).sum() / mask.sum()
+        )
+        opt = self.optimizers()
+        gen = self._generator(self.rl_step, 1)
+        acc: dict[str, list[float]] = {}
+        n = len(trajs)
+        for _ in range(self.algorithm.epochs):
+            perm = torch.randperm(n, generator=gen)
+            for mb in perm.chunk(self.algorithm.minibatches):
+                for k, v in self._minibatch_step(opt, batch, mb, old, ref, advantages).items():
+                    acc.setdefault(k, []).append(v)
+                stats["_upd_tokens"] += int(batch.attention_mask[mb].sum())
+        stats.update({k: float(np.mean(v)) for k, v in acc.items()})
+        return stats
+
+    def _minibatch_step(self, opt, batch, mb, old, ref, advantages) -> dict[str, float]:
+        opt.zero_grad()
+        out: dict[str, float] = {}
+        finite = True
+        for micro in mb.split(self.update_micro_batch_size):
+            sub = batch.select(micro)
+            logp, entropy = model_logprobs(self.policy, sub, self.temperature)
+            loss, parts = self.algorithm.loss(
+                logp,
+                old[micro],
+                None if ref is None else ref[micro],
+                advantages[micro],
+                sub.loss_mask,
+            )
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            self.manual_backward(loss * (len(micro) / len(mb)))
+            m = sub.loss_mask
+            parts["entropy"] = (entropy.detach() * m).sum() / m.sum().clamp(min=1)
+            for k, v in parts.items():
+                out[f"loss/{k}"] = out.get(f"loss/{k}", 0.0) + float(v) * len(micro) / len(mb)
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        norm = (
+            torch.nn.utils.clip_grad_norm_(params, self.algorithm.max_grad_norm) if finite else None
+        )
+        if not finite or not torch.isfinite(norm):
+            # a non-finite loss or gradient is skipped and counted, never applied
+            opt.zero_grad()
+            self.counters["skipped_updates"] += 1
+            return {"loss/skipped_nonfinite": 1.0}
+        opt.step()
+        out["loss/grad_norm"] = float(norm)
+        out["loss/skipped_nonfinite"] = 0.0
+        return out
+
+    # ----------------------------------------------------------------- metrics
+    def _train_metrics(
+        self, trajs: list[Trajectory], counts: dict, stats: dict
+    ) -> dict[str, float]:
+        ok = [t for t in trajs if t.status != "failed"]
+        failed = len(trajs) - len(ok)
+        self.counters["failed_episodes"] += failed
+        m = episode_metrics(ok, prefix="rollout")
+        m["env/success_rate"] = m.pop("rollout/success_rate")
+        for name in sorted({k for t in ok for k in t.reward_components}):
+            m[f"reward/{name}"] = float(np.mean([t.reward_components.get(name, 0.0) for t in ok]))
+        m["rollout/failed_episodes"] = float(failed)
+        m["rollout/failed_episodes_total"] = float(self.counters["failed_episodes"])
+        m["rollout/reward_errors"] = float(counts["reward_errors"] + counts["reward_nonfinite"])
+        m["loss/skipped_updates_total"] = float(self.counters["skipped_updates"])
+        m.update({k: v for k, v in stats.items() if not k.startswith("_")})
+        m.update(self.buffer.stats())
+        m["train/rl_step"] = float(self.rl_step)
+        return m
+
+    def _log_train(self, metrics: dict[str, float]) -> None:
+        bar = {"reward": "rollout/reward_mean", "success": "env/success_rate"}
+        for short, key in bar.items():
+            if key in metrics:
+                self.log(short, metrics[key], prog_bar=True, logger=False, on_step=True)
+        self.log_dict(metrics, on_step=True, on_epoch=False, logger=True)
+
+    # ----------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+
+    def validation_step(self, tasks, batch_idx):
+        params = self.runner.sampling(self.temperature, 1.0, greedy=True)
+        trajs = self.runner.run(list(tasks), list(range(len(tasks))), params)
+        score_batch(self.reward, trajs)
+        self._val.extend(trajs)
+
+    def on_validation_epoch_end(self) -> None:
+        trajs = self._val
+        n = torch.tensor(float(len(trajs)), device=self.device)
+        wins = torch.tensor(float(sum(bool(t.success) for t in trajs)), device=self.device)
+        rsum = torch.tensor(float(sum(t.reward for t in trajs)), device=self.device)
+        n, wins, rsum = (self.all_gather(x).sum() for x in (n, wins, rsum))
+        n = n.clamp(min=1)
+        self.log("val/success_rate", wins / n, prog_bar=True, sync_dist=False, rank_zero_only=False)
+        self.log("val/reward_mean", rsum / n, sync_dist=False)
+        self.log("train/rl_step", float(self.rl_step))
+        self.last_val_samples = trajs
+
+    # ----------------------------------------------------------------- checkpoint
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["agentrl"] = {
+            "rl_step": self.rl_step,
+            "counters": dict(self.counters),
+            "buffer": self.buffer.state_dict(),
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+            },
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("agentrl")
+        if state is None:
+            raise ValueError("this checkpoint was not written by agentrl (no 'agentrl' section)")
+        self.rl_step = int(state["rl_step"])
+        self.counters.update(state["counters"])
+        self.buffer.load_state_dict(state["buffer"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and dm.stream is not None:
+            dm.stream.position = self.rl_step
+
+
+def episode_metrics(trajs: list[Trajectory], prefix: str) -> dict[str, float]:
+    """Means over episodes: reward, success, turns, generated tokens, invalid actions."""
+    if not trajs:
+        return {f"{prefix}/reward_mean": math.nan, f"{prefix}/success_rate": math.nan}
+    turns = [len(t.turns) for t in trajs]
+    invalid = sum(1 for t in trajs for x in t.turns if x.info.get("invalid"))
+    return {
+        f"{prefix}/reward_mean": float(np.mean([t.reward for t in trajs])),
+        f"{prefix}/reward_std": float(np.std([t.reward for t in trajs])),
+        f"{prefix}/success_rate": float(np.mean([bool(t.success) for t in trajs])),
+        f"{prefix}/turns_mean": float(np.mean(turns)),
+        f"{prefix}/generated_tokens_mean": float(np.mean([t.num_generated for t in trajs])),
+        f"{prefix}/invalid_action_rate": invalid / max(sum(turns), 1),
+        f"{prefix}/truncated_rate": float(np.mean([t.status == "truncated" for t in trajs])),
+    }

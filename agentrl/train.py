@@ -1,0 +1,138 @@
+"""Compose -> check -> instantiate -> (warm start) -> fit. ``launch.py`` calls ``main``.
+
+Everything cheap is built and checked first (env, reward, algorithm, data, optimizer, model
+spec), so a bad value stops the run with one clear message before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from agentrl.models.factory import ModelLoadError, apply_adapter
+from agentrl.utils.instantiate import ConfigError, instantiate, to_container
+
+log = logging.getLogger("agentrl")
+
+
+def resolve_checkpoint(cfg: DictConfig) -> str | None:
+    """``ckpt_path`` if given (it must exist); else the run directory's ``last.ckpt`` if any."""
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
+        return str(path)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Value checks that no constructor makes (the rest raise from their own __init__)."""
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and not lr > 0:
+        raise ConfigError(f"optimizer.lr must be > 0, got {lr}")
+    devices = cfg.trainer.get("devices")
+    if isinstance(devices, int) and devices < 1:
+        raise ConfigError(f"trainer.devices must be >= 1, got {cfg.trainer.devices}")
+
+
+def build_components(cfg: DictConfig) -> dict:
+    """The light objects, each from its config group; nothing here loads a model."""
+    check_config(cfg)
+    parts = {
+        "suite": instantiate(cfg.env, "env"),
+        "reward": instantiate(cfg.reward, "reward"),
+        "algorithm": instantiate(cfg.algorithm, "algorithm"),
+        "engine": instantiate(cfg.rollout.engine, "rollout.engine"),
+        "data": instantiate(cfg.data, "data"),
+        "buffer": instantiate(cfg.buffer, "buffer"),
+        "optimizer": instantiate(cfg.optimizer, "optimizer"),
+        "warmstart": instantiate(cfg.warmstart, "warmstart"),
+        "model_spec": instantiate(cfg.model, "model"),
+    }
+    parts["model_spec"].check()
+    return parts
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    loggers = [instantiate(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c]
+    callbacks = [
+        instantiate(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c
+    ]
+    return instantiate(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
+
+
+def warm_start(cfg: DictConfig, parts: dict, policy, tokenizer) -> None:
+    from agentrl.rollout.chat import ChatFormat
+    from agentrl.rollout.runner import EpisodeRunner
+
+    chat = ChatFormat(tokenizer, cfg.rollout.observation_role)
+    runner = EpisodeRunner(parts["engine"], chat, parts["suite"], cfg.rollout.max_seq_len)
+    identity = {
+        "model": to_container(cfg.model),
+        "env": to_container(cfg.env),
+        "role": cfg.rollout.observation_role,
+    }
+    kwargs = {
+        "accelerator": cfg.trainer.accelerator,
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True),
+        "callbacks": [instantiate(cfg.callbacks.rich_progress)]
+        if cfg.get("callbacks", {}).get("rich_progress")
+        else [],
+    }
+    parts["warmstart"].run(policy, tokenizer, runner, parts["suite"], identity, kwargs)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """One training run. Returns the final logged metrics (floats)."""
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_num_threads(cfg.get("num_threads") or torch.get_num_threads())
+    parts = build_components(cfg)
+    trainer = build_trainer(cfg)
+    ckpt = resolve_checkpoint(cfg)
+    policy, tokenizer = parts["model_spec"].load()
+    if ckpt is None:
+        warm_start(cfg, parts, policy, tokenizer)
+    else:
+        log.info("resuming from %s", ckpt)
+    policy = apply_adapter(policy, cfg.adapter)
+    module = instantiate(cfg.module, "module")(
+        policy=policy,
+        tokenizer=tokenizer,
+        suite=parts["suite"],
+        reward=parts["reward"],
+        algorithm=parts["algorithm"],
+        engine=parts["engine"],
+        optimizer=parts["optimizer"],
+        buffer=parts["buffer"],
+    )
+    data = parts["data"]
+    data.bind(parts["suite"])
+    for lg in trainer.loggers:
+        lg.log_hyperparams(to_container(cfg))
+    if ckpt is None and cfg.get("validate_before_training", True):
+        trainer.validate(module, datamodule=data, verbose=False)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def main(cfg: DictConfig) -> dict[str, float]:
+    """Entry for launch.py: a configuration or model error is one line on stderr and exit 2."""
+    try:
+        return run(cfg)
+    except (ConfigError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def print_config(cfg: DictConfig) -> None:
+    print(OmegaConf.to_yaml(cfg, resolve=False))

@@ -1,0 +1,68 @@
+"""The one place configs become objects (Hydra ``_target_``), behind an allow-list of modules.
+
+Targets outside the allow-list are refused before anything is imported, so a config can only
+build what the project (or the user, through ``AGENTRL_EXTRA_TARGETS``, comma-separated module
+prefixes) allows.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import hydra
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+ALLOWED_PREFIXES = (
+    "agentrl.",
+    "lightning.",
+    "torch.optim.",
+    "peft.",
+    "transformers.",
+    "hydra_plugins.",
+    "submitit.",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the field and the fix."""
+
+
+def _allowed() -> tuple[str, ...]:
+    extra = tuple(
+        p.strip() for p in os.environ.get("AGENTRL_EXTRA_TARGETS", "").split(",") if p.strip()
+    )
+    return ALLOWED_PREFIXES + extra
+
+
+def _check_targets(node: Any, path: str) -> None:
+    if isinstance(node, DictConfig):
+        target = node.get("_target_") if "_target_" in node else None
+        if target is not None and not str(target).startswith(_allowed()):
+            raise ConfigError(
+                f"{path or 'config'}._target_={target!r} is not an allowed target (allowed module "
+                f"prefixes: {', '.join(_allowed())}; extend with AGENTRL_EXTRA_TARGETS)"
+            )
+        for key in node:
+            _check_targets(node._get_node(key), f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            _check_targets(item, f"{path}[{i}]")
+
+
+def instantiate(cfg: DictConfig | None, path: str = "", **kwargs: Any) -> Any:
+    """hydra.utils.instantiate with the allow-list; the underlying ValueError/TypeError of a
+    constructor surfaces as a ConfigError naming the config node."""
+    if cfg is None:
+        return None
+    _check_targets(cfg, path)
+    try:
+        return hydra.utils.instantiate(cfg, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"{path or 'config'}: {cause}") from cause
+
+
+def to_container(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

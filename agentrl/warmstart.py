@@ -1,0 +1,149 @@
+"""The supervised warm start: a stage of the run, before RL, on the env's oracle demonstrations.
+
+Demonstrations are the oracle's actions replayed through the env, so their tokens are laid out
+exactly as rollouts are (the same ChatFormat), and the loss is taken on the action tokens only.
+The result is cached under ``cache_dir/<key>``, the key being a hash of everything that shapes
+it (model, env, warm-start settings), so the next run with the same settings reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from agentrl.batching import collate
+from agentrl.rollout.runner import EpisodeRunner
+
+log = logging.getLogger(__name__)
+
+
+class SFTModule(L.LightningModule):
+    """Next-token cross-entropy on action tokens (loss_mask 1), mean over those tokens."""
+
+    def __init__(self, policy, lr: float, weight_decay: float):
+        super().__init__()
+        self.policy = policy
+        self.lr = lr
+        self.weight_decay = weight_decay
+
+    def training_step(self, batch, batch_idx):
+        ids, attn, mask = batch
+        logits = self.policy(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1]
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1), reduction="none"
+        )
+        loss = (nll * mask.reshape(-1)).sum() / mask.sum().clamp(min=1)
+        self.log("warmstart/loss", loss, prog_bar=True, on_step=True)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+
+class WarmStart:
+    """enabled: run the stage at all; steps, batch_size, lr, weight_decay: the SFT optimisation;
+    num_demos: how many train tasks get a demonstration; cache_dir: where results are kept."""
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        steps: int = 300,
+        batch_size: int = 32,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        num_demos: int = 2000,
+        cache_dir: str = ".cache/warmstart",
+        seed: int = 0,
+    ):
+        if enabled:
+            for name, value in [
+                ("steps", steps),
+                ("batch_size", batch_size),
+                ("num_demos", num_demos),
+            ]:
+                if value < 1:
+                    raise ValueError(f"warmstart.{name} must be >= 1, got {value}")
+            if not lr > 0:
+                raise ValueError(f"warmstart.lr must be > 0, got {lr}")
+        self.enabled = enabled
+        self.steps = steps
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.num_demos = num_demos
+        self.cache_dir = cache_dir
+        self.seed = seed
+
+    def key(self, identity: dict) -> str:
+        """A hash of the settings that shape the warm-started weights."""
+        own = {
+            k: getattr(self, k)
+            for k in ("steps", "batch_size", "lr", "weight_decay", "num_demos", "seed")
+        }
+        blob = json.dumps({"warmstart": own, **identity}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def demonstrations(self, runner: EpisodeRunner, suite):
+        tasks = suite.tasks("train")[: self.num_demos]
+        rng = random.Random(self.seed)
+        return [runner.demonstration(t, suite.oracle(t, rng)) for t in tasks]
+
+    def run(
+        self, policy, tokenizer, runner: EpisodeRunner, suite, identity: dict, trainer_kwargs: dict
+    ):
+        """Train ``policy`` in place (or load the cached result). Returns the cache folder used."""
+        if not self.enabled:
+            return None
+        folder = Path(self.cache_dir) / self.key(identity)
+        weights = folder / "model.pt"
+        if weights.exists():
+            log.info("warm start: reusing %s", folder)
+            policy.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            return folder
+        demos = self.demonstrations(runner, suite)
+        solved = sum(bool(d.success) for d in demos) / len(demos)
+        log.info(
+            "warm start: %d demonstrations (%.0f%% correct), %d steps",
+            len(demos),
+            100 * solved,
+            self.steps,
+        )
+        batch = collate(demos, tokenizer.pad_token_id)
+        data = torch.utils.data.TensorDataset(
+            batch.input_ids, batch.attention_mask, batch.loss_mask
+        )
+        g = torch.Generator().manual_seed(self.seed)
+        loader = torch.utils.data.DataLoader(
+            data,
+            batch_size=self.batch_size,
+            sampler=torch.utils.data.RandomSampler(
+                data, replacement=True, num_samples=self.steps * self.batch_size, generator=g
+            ),
+        )
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            trainer = L.Trainer(max_steps=self.steps, **trainer_kwargs)
+            trainer.fit(SFTModule(policy, self.lr, self.weight_decay), loader)
+        if trainer.global_rank == 0:
+            self._save(policy, folder)
+        trainer.strategy.barrier()
+        return folder
+
+    @staticmethod
+    def _save(policy, folder: Path) -> None:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+        torch.save(policy.state_dict(), tmp / "model.pt")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
