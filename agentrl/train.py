@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from agentrl.loggers import truncate_metrics
 from agentrl.models.factory import ModelLoadError, apply_adapter
 from agentrl.utils.instantiate import ConfigError, instantiate, to_container
 
@@ -29,6 +30,20 @@ def resolve_checkpoint(cfg: DictConfig) -> str | None:
         return str(path)
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     return str(last) if last.is_file() else None
+
+
+def checkpoint_rl_step(path: str) -> int:
+    """The RL step a checkpoint was taken at (memory-mapped: the weights are not read)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as exc:
+        raise ConfigError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
+            "pass ckpt_path= to an intact one (best.ckpt is kept beside it)"
+        ) from exc
+    if "agentrl" not in state:
+        raise ConfigError(f"checkpoint {path} was not written by agentrl")
+    return int(state["agentrl"]["rl_step"])
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -103,7 +118,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if ckpt is None:
         warm_start(cfg, parts, policy, tokenizer)
     else:
-        log.info("resuming from %s", ckpt)
+        step = checkpoint_rl_step(ckpt)
+        dropped = truncate_metrics(cfg.paths.output_dir, step)
+        log.info("resuming from %s (RL step %d; %d later metric rows dropped)", ckpt, step, dropped)
     policy = apply_adapter(policy, cfg.adapter)
     module = instantiate(cfg.module, "module")(
         policy=policy,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -29,11 +30,22 @@ log = logging.getLogger(__name__)
 class SFTModule(L.LightningModule):
     """Next-token cross-entropy on action tokens (loss_mask 1), mean over those tokens."""
 
-    def __init__(self, policy, lr: float, weight_decay: float):
+    def __init__(
+        self,
+        policy,
+        lr: float,
+        weight_decay: float,
+        steps: int,
+        warmup_steps: int,
+        min_lr_ratio: float,
+    ):
         super().__init__()
         self.policy = policy
         self.lr = lr
         self.weight_decay = weight_decay
+        self.steps = steps
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = min_lr_ratio
 
     def training_step(self, batch, batch_idx):
         ids, attn, mask = batch
@@ -47,7 +59,18 @@ class SFTModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def lr_factor(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (
+            1 + math.cos(math.pi * progress)
+        )
 
 
 class WarmStart:
@@ -61,6 +84,8 @@ class WarmStart:
         batch_size: int = 32,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        warmup_steps: int = 30,
+        min_lr_ratio: float = 0.1,
         num_demos: int = 2000,
         cache_dir: str = ".cache/warmstart",
         seed: int = 0,
@@ -80,6 +105,8 @@ class WarmStart:
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = min_lr_ratio
         self.num_demos = num_demos
         self.cache_dir = cache_dir
         self.seed = seed
@@ -133,7 +160,10 @@ class WarmStart:
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
             trainer = L.Trainer(max_steps=self.steps, **trainer_kwargs)
-            trainer.fit(SFTModule(policy, self.lr, self.weight_decay), loader)
+            sft = SFTModule(
+                policy, self.lr, self.weight_decay, self.steps, self.warmup_steps, self.min_lr_ratio
+            )
+            trainer.fit(sft, loader)
         if trainer.global_rank == 0:
             self._save(policy, folder)
         trainer.strategy.barrier()

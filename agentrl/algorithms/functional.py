@@ -92,7 +92,8 @@ def clipped_policy_loss(
     with torch.no_grad():
         n = mask.sum().clamp(min=1.0)
         stats = {
-            "clipfrac": ((unclipped != clipped).float() * mask).sum() / n,
+            # fraction of tokens where the clipped branch was the one taken (the clip was active)
+            "clipfrac": ((clipped < unclipped).float() * mask).sum() / n,
             # k3 estimate of KL(old || new), cleanrl's approx_kl
             "approx_kl": (((ratio - 1.0) - log_ratio) * mask).sum() / n,
             "ratio_mean": (ratio * mask).sum() / n,

@@ -170,6 +170,9 @@ class ToolCalc:
         max_turns: turns per episode (calls, malformed actions and the answer all count).
         max_action_tokens: tokens the policy may generate in one turn.
         mistake_prob: probability that one oracle demonstration contains a realistic mistake.
+        guess_prob: probability that the demonstrator, facing a task with a multiplication, skips
+            the calculator and answers at once from (wrong) mental arithmetic. A systematic flaw
+            that imitation copies and greedy decoding keeps; outcome-based RL can undo it.
     """
 
     name = "toolcalc"
@@ -187,6 +190,7 @@ class ToolCalc:
         max_turns: int = 6,
         max_action_tokens: int = 24,
         mistake_prob: float = 0.0,
+        guess_prob: float = 0.0,
     ):
         _check_args(locals())
         self.seed = seed
@@ -197,6 +201,7 @@ class ToolCalc:
         self.max_turns = max_turns
         self.max_action_tokens = max_action_tokens
         self.mistake_prob = float(mistake_prob)
+        self.guess_prob = float(guess_prob)
         self.system_prompt = SYSTEM_PROMPT
         self.stop_strings = list(type(self).stop_strings)
         self._splits = self._generate()
@@ -221,6 +226,8 @@ class ToolCalc:
         """
         p = self.mistake_prob if mistake_prob is None else mistake_prob
         steps = task.meta["steps"]
+        if any(s["op"] == "*" for s in steps) and rng.random() < self.guess_prob:
+            return [answer_action(_typo(task.answer, rng))]
         if rng.random() < p:
             return _mistaken_demo(steps, task.answer, rng)
         return [calc_action(s["a"], s["op"], s["b"]) for s in steps] + [answer_action(task.answer)]
@@ -270,9 +277,10 @@ def _check_args(args: dict[str, Any]) -> None:
         raise ValueError(
             f"max_value must be an int in [max_operand, {10**MAX_DIGITS - 1}], got {mv!r}"
         )
-    p = args["mistake_prob"]
-    if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"mistake_prob must be in [0, 1], got {p!r}")
+    for key in ("mistake_prob", "guess_prob"):
+        p = args[key]
+        if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"{key} must be in [0, 1], got {p!r}")
 
 
 def _make_task(split: str, i: int, expr: str, steps: list[dict[str, Any]]) -> Task:

@@ -1,0 +1,139 @@
+"""Every option of every config group composes and instantiates; bad values fail early."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from agentrl.models.factory import ModelLoadError
+from agentrl.train import build_components, build_trainer
+from agentrl.utils.instantiate import ConfigError, instantiate
+from tests.conftest import CONF, ROOT
+
+GROUPS = [
+    "model",
+    "adapter",
+    "env",
+    "reward",
+    "algorithm",
+    "rollout",
+    "module",
+    "trainer",
+    "logger",
+    "callbacks",
+]
+HUB_MODELS = {
+    "qwen2_5_0_5b_instruct",
+    "llama3_2_1b_instruct",
+    "mistral_7b_instruct",
+    "deepseek_r1_distill_qwen_1_5b",
+}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_instantiates(make_cfg, group, option, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = make_cfg(f"{group}={option}", "debug=smoke")
+    OmegaConf.resolve(cfg)
+    node = cfg[group]
+    if group in ("logger", "callbacks"):
+        objs = [instantiate(c, f"{group}.{k}") for k, c in node.items() if c]
+        assert objs
+    elif group == "adapter":
+        assert "enabled" in node
+    elif group == "rollout":
+        assert instantiate(node.engine).name == "hf"
+    elif group == "trainer":
+        assert build_trainer(cfg).max_epochs == 1
+    elif group == "module":
+        assert callable(instantiate(node))
+    else:
+        spec = instantiate(node, group)
+        assert spec is not None
+        if group == "model" and option in HUB_MODELS:
+            with pytest.raises(ModelLoadError, match="not .*cache|offline|HF_HUB_OFFLINE"):
+                spec.check()
+
+
+def test_experiments_and_debug_options_compose(make_cfg):
+    for exp in options("experiment"):
+        make_cfg(f"experiment={exp}")
+    for dbg in options("debug"):
+        make_cfg(f"debug={dbg}")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("algorithm.group_size=1", "group_size must be >= 2"),
+        ("optimizer.lr=0", "optimizer.lr must be > 0"),
+        ("optimizer.lr=-1e-3", "optimizer.lr must be > 0"),
+        ("data.tasks_per_step=0", "data.tasks_per_step must be >= 1"),
+        ("env.max_turns=0", "max_turns must be >= 1"),
+        ("warmstart.steps=0", "warmstart.steps must be >= 1"),
+        ("rollout.engine.micro_batch_size=0", "micro_batch_size must be >= 1"),
+    ],
+)
+def test_bad_values_fail_before_compute(make_cfg, override, message):
+    cfg = make_cfg(override)
+    with pytest.raises((ConfigError, ValueError, TypeError)) as err:
+        build_components(cfg)
+    if message:
+        assert message in str(err.value)
+        assert "\n" not in str(err.value)
+
+
+def test_missing_model_path_is_one_clear_line(make_cfg):
+    cfg = make_cfg("model=qwen2_5_0_5b_instruct", "model.name_or_path=/does/not/exist")
+    with pytest.raises(ModelLoadError) as err:
+        build_components(cfg)
+    assert "does not exist" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_target_outside_allow_list_is_refused(make_cfg):
+    cfg = make_cfg()
+    cfg.reward._target_ = "os.system"
+    with pytest.raises(ConfigError, match="not an allowed target"):
+        build_components(cfg)
+
+
+def _launch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "launch.py", *args, "hydra.run.dir=/tmp/agentrl-test-bad-input"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_cli_bad_value_exits_nonzero_with_one_message():
+    proc = _launch("algorithm.group_size=1")
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: algorithm: algorithm.group_size must be >= 2")
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_offline_hub_model_is_one_line():
+    proc = _launch("model=qwen2_5_0_5b_instruct")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in last and "Traceback" not in proc.stderr
+
+
+def test_cli_unknown_group_option_lists_choices():
+    proc = _launch("env=nope")
+    assert proc.returncode != 0
+    assert "Could not find 'env/nope'" in proc.stderr and "toolcalc" in proc.stderr
