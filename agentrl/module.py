@@ -16,12 +16,14 @@ import contextlib
 import copy
 import math
 import random
+import resource
 import time
 
 import lightning as L
 import numpy as np
 import torch
 
+from agentrl.algorithms import functional as F
 from agentrl.batching import TokenBatch, collate, model_logprobs, model_logprobs_chunked
 from agentrl.buffer import ReplayBuffer
 from agentrl.rewards.base import score_batch
@@ -109,25 +111,27 @@ class AgentRLModule(L.LightningModule):
             trajs = self._rollout(tasks, step)
         with timer("score"):
             counts = score_batch(self.reward, trajs)
-        with timer("advantages"):
             kept = [t for t in trajs if t.status != "failed"]
-            advantages = self._advantages(kept)
+            scored = self._score_logprobs(kept)
+        with timer("advantages"):
+            kept, scored, adv_stats = self._advantages(kept, scored)
         with timer("update"):
             self.buffer.add(kept, step)
-            stats = self._update(self.buffer.drain(step), advantages)
+            stats = self._update(self.buffer.drain(step), scored)
         with timer("sync"):
             self.engine.sync(self.policy)
         with timer("log"):
             self.rl_step = step + 1
             self.last_samples = trajs
-            metrics = self._train_metrics(trajs, counts, stats)
+            metrics = self._train_metrics(trajs, counts, {**stats, **adv_stats})
         metrics.update({f"perf/{k}_s": v for k, v in timer.seconds.items()})
-        metrics["perf/rollout_tokens_per_s"] = stats.pop("_gen_tokens") / max(
+        metrics["perf/rollout_tokens_per_s"] = sum(t.num_generated for t in trajs) / max(
             timer.seconds["rollout"], 1e-9
         )
-        metrics["perf/update_tokens_per_s"] = stats.pop("_upd_tokens") / max(
+        metrics["perf/update_tokens_per_s"] = stats.pop("_upd_tokens", 0) / max(
             timer.seconds["update"], 1e-9
         )
+        metrics["perf/peak_rss_gb"] = peak_rss_gb()
         self._log_train(metrics)
 
     def _generator(self, step: int, salt: int) -> torch.Generator:
@@ -145,12 +149,40 @@ class AgentRLModule(L.LightningModule):
         self.policy.train()
         return trajs
 
-    def _advantages(self, trajs: list[Trajectory]) -> torch.Tensor:
+    def _score_logprobs(self, trajs: list[Trajectory]) -> dict | None:
+        """The trainer's (old) and the reference's log-probs, computed once per step."""
         if not trajs:
-            return torch.zeros(0)
-        rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
-        groups = torch.tensor([t.group for t in trajs])
-        return self.algorithm.advantages(rewards, groups)
+            return None
+        batch = collate(trajs, self.tokenizer.pad_token_id).to(self.device)
+        old = model_logprobs_chunked(
+            self.policy, batch, self.update_micro_batch_size, self.temperature
+        )
+        return {"batch": batch, "old": old, "ref": self._reference_logprobs(batch)}
+
+    def _advantages(self, trajs: list[Trajectory], scored: dict | None):
+        """Rewards (minus KL when kl_mode=reward) -> advantages; drops uninformative groups when
+        the algorithm samples dynamically. Returns the kept trajectories, their tensors, stats."""
+        if not trajs:
+            return trajs, scored, {}
+        batch, old, ref = scored["batch"], scored["old"], scored["ref"]
+        rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32, device=self.device)
+        groups = torch.tensor([t.group for t in trajs], device=self.device)
+        stats = {}
+        if ref is not None:
+            kl = F.sequence_kl(old, ref, batch.loss_mask, self.algorithm.kl_estimator)
+            stats["loss/kl_ref_seq"] = float(kl.mean())
+            rewards = self.algorithm.kl_in_reward(rewards, old, ref, batch.loss_mask)
+        keep = self.algorithm.keep_mask(rewards, groups)
+        stats["rollout/dropped_groups"] = float(torch.unique(groups[~keep]).numel())
+        advantages = self.algorithm.advantages(rewards[keep], groups[keep])
+        idx = keep.nonzero().flatten()
+        scored = {
+            "batch": batch.select(idx),
+            "old": old[idx],
+            "ref": None if ref is None else ref[idx],
+            "advantages": advantages,
+        }
+        return [trajs[i] for i in idx.tolist()], scored, stats
 
     def _reference_logprobs(self, batch: TokenBatch) -> torch.Tensor | None:
         if not self.algorithm.needs_reference:
@@ -161,17 +193,12 @@ class AgentRLModule(L.LightningModule):
         with self.policy.disable_adapter():
             return model_logprobs_chunked(self.policy, batch, chunk, self.temperature)
 
-    def _update(self, trajs: list[Trajectory], advantages: torch.Tensor) -> dict:
-        stats: dict = {"_gen_tokens": sum(t.num_generated for t in trajs), "_upd_tokens": 0}
-        if not trajs or not bool((advantages != 0).any()):
-            stats["skipped_zero_adv"] = 1.0
+    def _update(self, trajs: list[Trajectory], scored: dict | None) -> dict:
+        stats: dict = {"_upd_tokens": 0}
+        if not trajs or not bool((scored["advantages"] != 0).any()):
+            stats["loss/skipped_zero_adv"] = 1.0
             return stats
-        batch = collate(trajs, self.tokenizer.pad_token_id).to(self.device)
-        advantages = advantages.to(self.device)
-        old = model_logprobs_chunked(
-            self.policy, batch, self.update_micro_batch_size, self.temperature
-        )
-        ref = self._reference_logprobs(batch)
+        batch, old = scored["batch"], scored["old"]
         mask = batch.loss_mask
         stats["rollout/logprob_diff"] = float(
             ((old - batch.behaviour_logprobs).abs() * mask).sum() / mask.sum()
@@ -179,22 +206,34 @@ class AgentRLModule(L.LightningModule):
         opt = self.optimizers()
         gen = self._generator(self.rl_step, 1)
         acc: dict[str, list[float]] = {}
-        n = len(trajs)
         for _ in range(self.algorithm.epochs):
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(len(trajs), generator=gen).to(self.device)
             for mb in perm.chunk(self.algorithm.minibatches):
-                for k, v in self._minibatch_step(opt, batch, mb, old, ref, advantages).items():
+                for k, v in self._minibatch_step(opt, scored, mb).items():
                     acc.setdefault(k, []).append(v)
                 stats["_upd_tokens"] += int(batch.attention_mask[mb].sum())
         stats.update({k: float(np.mean(v)) for k, v in acc.items()})
+        if scored["ref"] is not None:
+            kl = F.sequence_kl(old, scored["ref"], mask, self.algorithm.kl_estimator).mean()
+            self.algorithm.kl_controller.update(float(kl), n_steps=len(trajs))
+            stats["loss/kl_coef"] = float(self.algorithm.kl_controller.value)
         return stats
 
-    def _minibatch_step(self, opt, batch, mb, old, ref, advantages) -> dict[str, float]:
+    def _minibatch_step(self, opt, scored: dict, mb: torch.Tensor) -> dict[str, float]:
+        batch, old, ref, advantages = (
+            scored["batch"],
+            scored["old"],
+            scored["ref"],
+            scored["advantages"],
+        )
+        agg = self.algorithm.aggregation
+        total = F.aggregation_weight(batch.loss_mask[mb], agg).clamp(min=1e-9)
         opt.zero_grad()
         out: dict[str, float] = {}
         finite = True
         for micro in mb.split(self.update_micro_batch_size):
             sub = batch.select(micro)
+            weight = float(F.aggregation_weight(sub.loss_mask, agg) / total)
             logp, entropy = model_logprobs(self.policy, sub, self.temperature)
             loss, parts = self.algorithm.loss(
                 logp,
@@ -202,15 +241,16 @@ class AgentRLModule(L.LightningModule):
                 None if ref is None else ref[micro],
                 advantages[micro],
                 sub.loss_mask,
+                behaviour_logprobs=sub.behaviour_logprobs,
             )
             if not torch.isfinite(loss):
                 finite = False
                 break
-            self.manual_backward(loss * (len(micro) / len(mb)))
+            self.manual_backward(loss * weight)
             m = sub.loss_mask
             parts["entropy"] = (entropy.detach() * m).sum() / m.sum().clamp(min=1)
             for k, v in parts.items():
-                out[f"loss/{k}"] = out.get(f"loss/{k}", 0.0) + float(v) * len(micro) / len(mb)
+                out[f"loss/{k}"] = out.get(f"loss/{k}", 0.0) + float(v) * weight
         params = [p for p in self.policy.parameters() if p.requires_grad]
         norm = (
             torch.nn.utils.clip_grad_norm_(params, self.algorithm.max_grad_norm) if finite else None
@@ -280,6 +320,7 @@ class AgentRLModule(L.LightningModule):
             "rl_step": self.rl_step,
             "counters": dict(self.counters),
             "buffer": self.buffer.state_dict(),
+            "algorithm": self.algorithm.state_dict(),
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -294,12 +335,19 @@ class AgentRLModule(L.LightningModule):
         self.rl_step = int(state["rl_step"])
         self.counters.update(state["counters"])
         self.buffer.load_state_dict(state["buffer"])
+        if "algorithm" in state:
+            self.algorithm.load_state_dict(state["algorithm"])
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and dm.stream is not None:
             dm.stream.position = self.rl_step
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def episode_metrics(trajs: list[Trajectory], prefix: str) -> dict[str, float]:

@@ -49,6 +49,8 @@ class SFTModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         ids, attn, mask = batch
+        width = int(attn.sum(-1).max())  # drop the padding columns this batch does not need
+        ids, attn, mask = ids[:, :width], attn[:, :width], mask[:, : width - 1]
         logits = self.policy(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1]
         nll = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1), reduction="none"

@@ -1,28 +1,54 @@
-"""GRPO: group-normalized advantages, a clipped importance ratio, optional KL to the reference."""
+"""GRPO and its loss variants (Dr. GRPO, DAPO, GSPO): group-normalized advantages, a clipped
+importance ratio, optional KL to the reference."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from agentrl.algorithms import functional as F
+from agentrl.algorithms import objective
+from agentrl.algorithms.kl import KLController
+
+# loss_type -> (its aggregation, the level of its importance ratio)
+LOSS_TYPES = {
+    # per-sequence mean of token losses (DeepSeekMath GRPO; TRL "grpo")
+    "grpo": ("seq_mean_token_mean", "token"),
+    # token sums over a constant max_completion_length (Liu et al. 2025; TRL "dr_grpo")
+    "dr_grpo": ("seq_mean_token_sum_norm", "token"),
+    # token-level mean over the whole batch (Yu et al. 2025; TRL "dapo")
+    "dapo": ("token_mean", "token"),
+    # one clipped ratio per sequence, the geometric mean of its token ratios (Zheng et al. 2025;
+    # TRL loss_type="grpo" with importance_sampling_level="sequence")
+    "gspo": ("seq_mean_token_mean", "sequence"),
+}
 
 
 @dataclass
 class GRPO:
-    """Configured (not subclassed) from ``conf/algorithm/grpo.yaml``; see the YAML for each field."""
+    """Configured (not subclassed) from ``conf/algorithm/{grpo,dr_grpo,dapo,gspo}.yaml``; see the
+    YAML for each field. ``aggregation=None`` means the loss_type's own (``LOSS_TYPES``); only
+    ``loss_type=grpo`` accepts another one."""
 
     group_size: int = 8
+    loss_type: str = "grpo"
     clip_low: float = 0.2
     clip_high: float = 0.2
     scale_rewards: bool = True
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
-    aggregation: str = "seq_mean_token_mean"
+    kl_mode: str = "loss"
+    kl_target: float | None = None
+    kl_horizon: int = 10000
+    aggregation: str | None = None
+    max_completion_length: int | None = None
+    dynamic_sampling: bool = False
+    tis_cap: float | None = None
     epochs: int = 1
     minibatches: int = 1
     max_grad_norm: float = 1.0
+    kl_controller: KLController = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.group_size < 2:
@@ -30,25 +56,46 @@ class GRPO:
                 f"algorithm.group_size must be >= 2 for GRPO (advantages are relative to the "
                 f"group), got {self.group_size}"
             )
-        if self.kl_estimator not in F.KL_ESTIMATORS:
+        if self.loss_type not in LOSS_TYPES:
             raise ValueError(
-                f"algorithm.kl_estimator must be one of {F.KL_ESTIMATORS}, got {self.kl_estimator!r}"
+                f"algorithm.loss_type must be one of {tuple(LOSS_TYPES)}, got {self.loss_type!r}"
             )
-        if self.aggregation not in F.AGGREGATIONS:
+        own = LOSS_TYPES[self.loss_type][0]
+        if self.aggregation is None:
+            self.aggregation = own
+        elif self.loss_type != "grpo" and self.aggregation != own:
             raise ValueError(
-                f"algorithm.aggregation must be one of {F.AGGREGATIONS}, got {self.aggregation!r}"
+                f"algorithm.loss_type={self.loss_type} aggregates by {own}; set "
+                f"algorithm.aggregation to {own} or null (got {self.aggregation!r}), or use "
+                f"loss_type=grpo for another aggregation"
             )
-        for name in ("epochs", "minibatches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"algorithm.{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.clip_low >= 0 and self.clip_high >= 0):
-            raise ValueError("algorithm.clip_low and clip_high must be >= 0")
-        if self.kl_coef < 0:
-            raise ValueError(f"algorithm.kl_coef must be >= 0, got {self.kl_coef}")
+        if self.loss_type == "dr_grpo":
+            if self.max_completion_length is None:
+                raise ValueError(
+                    "algorithm.loss_type=dr_grpo needs algorithm.max_completion_length, the "
+                    "constant that divides each episode's token sum (the generation budget)"
+                )
+            if self.scale_rewards:
+                raise ValueError(
+                    "algorithm.loss_type=dr_grpo drops the group-std scaling of advantages "
+                    "(Dr. GRPO); set algorithm.scale_rewards=false"
+                )
+        objective.check_fields(self)
+        self.kl_controller = objective.kl_controller(self)
 
     @property
     def needs_reference(self) -> bool:
         return self.kl_coef > 0
+
+    def keep_mask(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """[N] rewards, [N] group ids -> bool [N]; False on the groups ``dynamic_sampling`` drops
+        (zero reward variance). All True when dynamic_sampling is off."""
+        return objective.keep_mask(self, rewards, groups)
+
+    def kl_in_reward(self, rewards, logprobs, ref_logprobs, mask) -> torch.Tensor:
+        """[N] rewards, [N, T] old and reference log-probs and mask -> [N] rewards minus
+        kl_coef * the episode's summed KL if ``kl_mode == "reward"``, else the rewards as given."""
+        return objective.kl_in_reward(self, rewards, logprobs, ref_logprobs, mask)
 
     def advantages(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         """[N] rewards, [N] group ids -> [N] advantages (one per episode, broadcast over tokens)."""
@@ -61,22 +108,25 @@ class GRPO:
         ref_logprobs: torch.Tensor | None,
         advantages: torch.Tensor,
         mask: torch.Tensor,
+        behaviour_logprobs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss on one minibatch. [N, T] log-probs and mask, [N] advantages."""
-        loss, stats = F.clipped_policy_loss(
+        """The loss on one minibatch. [N, T] log-probs and mask, [N] advantages;
+        ``behaviour_logprobs`` [N, T] (the rollout engine's) only when ``tis_cap`` is set."""
+        ratio_level = LOSS_TYPES[self.loss_type][1]
+        return objective.clipped_loss(
+            self,
             logprobs,
             old_logprobs,
+            ref_logprobs,
             advantages,
             mask,
-            self.clip_low,
-            self.clip_high,
-            self.aggregation,
+            behaviour_logprobs,
+            ratio_level,
         )
-        stats["policy"] = loss.detach()
-        if self.kl_coef > 0 and ref_logprobs is not None:
-            kl = F.aggregate(
-                F.kl_penalty(logprobs, ref_logprobs, self.kl_estimator), mask, self.aggregation
-            )
-            loss = loss + self.kl_coef * kl
-            stats["kl_ref"] = kl.detach()
-        return loss, stats
+
+    def state_dict(self) -> dict:
+        """The state a checkpoint must carry: the (possibly adapted) KL coefficient."""
+        return {"kl_controller": self.kl_controller.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kl_controller.load_state_dict(state["kl_controller"])

@@ -170,6 +170,8 @@ class ToolCalc:
         max_turns: turns per episode (calls, malformed actions and the answer all count).
         max_action_tokens: tokens the policy may generate in one turn.
         mistake_prob: probability that one oracle demonstration contains a realistic mistake.
+        left_to_right: every step takes the running result as its left operand, so the
+            calculator calls follow the expression from left to right (parenthesised as needed).
         guess_prob: probability that the demonstrator, facing a task with a multiplication, skips
             the calculator and answers at once from (wrong) mental arithmetic. A systematic flaw
             that imitation copies and greedy decoding keeps; outcome-based RL can undo it.
@@ -191,6 +193,7 @@ class ToolCalc:
         max_action_tokens: int = 24,
         mistake_prob: float = 0.0,
         guess_prob: float = 0.0,
+        left_to_right: bool = False,
     ):
         _check_args(locals())
         self.seed = seed
@@ -202,6 +205,7 @@ class ToolCalc:
         self.max_action_tokens = max_action_tokens
         self.mistake_prob = float(mistake_prob)
         self.guess_prob = float(guess_prob)
+        self.left_to_right = bool(left_to_right)
         self.system_prompt = SYSTEM_PROMPT
         self.stop_strings = list(type(self).stop_strings)
         self._splits = self._generate()
@@ -245,7 +249,9 @@ class ToolCalc:
         for _ in range(20 * total + 1000):
             if len(seen) == total:
                 break
-            expr, steps = _gen_expression(rng, self.max_ops, self.max_operand, self.max_value)
+            expr, steps = _gen_expression(
+                rng, self.max_ops, self.max_operand, self.max_value, self.left_to_right
+            )
             seen.setdefault(expr, steps)
         if len(seen) < total:
             raise ValueError(
@@ -293,7 +299,7 @@ def _make_task(split: str, i: int, expr: str, steps: list[dict[str, Any]]) -> Ta
 
 
 def _gen_expression(
-    rng: random.Random, max_ops: int, max_operand: int, max_value: int
+    rng: random.Random, max_ops: int, max_operand: int, max_value: int, left_to_right: bool = False
 ) -> tuple[str, list[dict[str, Any]]]:
     """A chained expression and its steps, each ``{a, op, b, result, carry}``.
 
@@ -302,7 +308,7 @@ def _gen_expression(
     value = rng.randint(0, max_operand)
     text, top, steps = str(value), None, []
     for i in range(rng.randint(1, max_ops)):
-        op, b, carry_right = _draw_step(rng, value, max_operand, max_value)
+        op, b, carry_right = _draw_step(rng, value, max_operand, max_value, left_to_right)
         if carry_right:
             wrap = top is not None and not (top == "*" and op in "+-")
             text = f"{b}{op}({text})" if wrap else f"{b}{op}{text}"
@@ -319,17 +325,18 @@ def _gen_expression(
 
 
 def _draw_step(
-    rng: random.Random, value: int, max_operand: int, max_value: int
+    rng: random.Random, value: int, max_operand: int, max_value: int, left_to_right: bool = False
 ) -> tuple[str, int, bool]:
     """One op and new number keeping the result in [0, max_value]; True if the new number
-    goes on the left (the running value on the right)."""
+    goes on the left (the running value on the right; never when ``left_to_right``)."""
     op = rng.choice("+-*")
+    right = 0.0 if left_to_right else 0.5
     if op == "+":
-        return op, rng.randint(0, min(max_operand, max_value - value)), rng.random() < 0.5
+        return op, rng.randint(0, min(max_operand, max_value - value)), rng.random() < right
     if op == "*":
         hi = max_operand if value == 0 else min(max_operand, max_value // value)
-        return op, rng.randint(1, hi), rng.random() < 0.5
-    if value <= max_operand and rng.random() < 0.5:
+        return op, rng.randint(1, hi), rng.random() < right
+    if value <= max_operand and rng.random() < right:
         return op, rng.randint(value, max_operand), True
     return op, rng.randint(0, min(max_operand, value)), False
 

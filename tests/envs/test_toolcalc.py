@@ -10,7 +10,7 @@ import hydra
 import pytest
 from omegaconf import OmegaConf
 
-from agentrl.envs.toolcalc import ERR_DONE, ToolCalc, ToolCalcEnv, parse_action
+from agentrl.envs.toolcalc import ERR_DONE, ToolCalc, ToolCalcEnv, answer_action, parse_action
 from agentrl.types import Task
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "env" / "toolcalc.yaml"
@@ -249,7 +249,23 @@ def test_yaml_instantiates() -> None:
     cfg = OmegaConf.load(CONF)
     suite = hydra.utils.instantiate(cfg)
     assert isinstance(suite, ToolCalc) and suite.name == "toolcalc"
-    assert suite.mistake_prob == 0.3 and len(suite.tasks("val")) == cfg.num_val
+    assert suite.mistake_prob == cfg.mistake_prob and len(suite.tasks("val")) == cfg.num_val
     assert suite.stop_strings == ["</calc>", "</answer>"]
     assert isinstance(suite.system_prompt, str) and len(suite.system_prompt) <= 80
     assert suite.max_turns >= suite.max_ops + 1 and suite.max_action_tokens > 0
+
+
+def test_left_to_right_layout_and_guessing_demonstrator():
+    suite = ToolCalc(max_ops=2, left_to_right=True, guess_prob=1.0, num_train=300)
+    rng = random.Random(0)
+    for task in suite.tasks("train"):
+        steps = task.meta["steps"]
+        # the running result is always the left operand of the next call
+        assert all(s["carry"] in (None, "a") for s in steps)
+        demo = suite.oracle(task, rng, mistake_prob=0.0)
+        if any(s["op"] == "*" for s in steps):
+            # the guessing demonstrator answers at once, and wrongly
+            assert len(demo) == 1 and demo[0].startswith("<answer>")
+            assert demo[0] != answer_action(task.answer)
+        else:
+            assert demo[-1] == answer_action(task.answer) and len(demo) == len(steps) + 1

@@ -1,0 +1,79 @@
+"""RLOO: REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024), PPO-clipped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from agentrl.algorithms import functional as F
+from agentrl.algorithms import objective
+from agentrl.algorithms.kl import KLController
+
+
+@dataclass
+class RLOO:
+    """Configured from ``conf/algorithm/rloo.yaml``; see the YAML for each field. Same interface
+    as ``GRPO``: only the advantages differ, A_i = r_i - mean of the group's other rewards."""
+
+    group_size: int = 8
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.0
+    kl_estimator: str = "k1"
+    kl_mode: str = "reward"
+    kl_target: float | None = None
+    kl_horizon: int = 10000
+    aggregation: str = "seq_mean_token_mean"
+    max_completion_length: int | None = None
+    dynamic_sampling: bool = False
+    tis_cap: float | None = None
+    epochs: int = 1
+    minibatches: int = 1
+    max_grad_norm: float = 1.0
+    kl_controller: KLController = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(
+                f"algorithm.group_size must be >= 2 for RLOO (the baseline is the other samples "
+                f"of the group), got {self.group_size}"
+            )
+        objective.check_fields(self)
+        self.kl_controller = objective.kl_controller(self)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kl_coef > 0
+
+    def keep_mask(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """[N] rewards, [N] group ids -> bool [N]; see ``GRPO.keep_mask``."""
+        return objective.keep_mask(self, rewards, groups)
+
+    def kl_in_reward(self, rewards, logprobs, ref_logprobs, mask) -> torch.Tensor:
+        """[N] rewards -> [N] rewards with the KL folded in; see ``GRPO.kl_in_reward``."""
+        return objective.kl_in_reward(self, rewards, logprobs, ref_logprobs, mask)
+
+    def advantages(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """[N] rewards, [N] group ids -> [N] leave-one-out advantages."""
+        return F.leave_one_out_advantages(rewards, groups)
+
+    def loss(
+        self,
+        logprobs: torch.Tensor,
+        old_logprobs: torch.Tensor,
+        ref_logprobs: torch.Tensor | None,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        behaviour_logprobs: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss on one minibatch; see ``GRPO.loss`` (token-level ratio)."""
+        return objective.clipped_loss(
+            self, logprobs, old_logprobs, ref_logprobs, advantages, mask, behaviour_logprobs
+        )
+
+    def state_dict(self) -> dict:
+        return {"kl_controller": self.kl_controller.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kl_controller.load_state_dict(state["kl_controller"])

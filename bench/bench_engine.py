@@ -1,0 +1,151 @@
+"""Side-by-side throughput of agentrl's paths against bare PyTorch/transformers loops.
+
+    python bench/bench_engine.py [--model tiny|smollm2] [--batch 64] [--repeats 3]
+
+rollout: HFEngine.generate (KV cache, behaviour log-probs, stop handling) vs a bare
+         ``model.generate`` on the same prompts, same max_new_tokens, sampling.
+update:  the GRPO update path (per-token log-probs, clipped loss, backward, clip, AdamW step) vs
+         a bare forward + cross-entropy + backward + AdamW step on the same token batch.
+Ratios are agentrl / bare (1.0 = as fast as the bare loop). Results are printed as a Markdown
+table; paste them into docs/benchmarks.md with the machine they ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+from agentrl.algorithms.grpo import GRPO
+from agentrl.batching import collate, model_logprobs
+from agentrl.envs.toolcalc import ToolCalc
+from agentrl.rollout.chat import ChatFormat
+from agentrl.rollout.engine import HFEngine
+from agentrl.rollout.runner import EpisodeRunner
+from agentrl.utils.instantiate import instantiate
+
+
+def load(model_name: str, cache: str):
+    cfg = OmegaConf.load(f"conf/model/{'tiny' if model_name == 'tiny' else 'smollm2_135m'}.yaml")
+    if "cache_dir" in cfg:
+        cfg.cache_dir = cache
+    return instantiate(cfg).load()
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_rollout(model, tok, batch: int, new_tokens: int, repeats: int) -> tuple[float, float]:
+    suite = ToolCalc(num_train=max(batch, 100), num_val=10, num_test=10)
+    chat = ChatFormat(tok)
+    prompts = [chat.prompt_ids(suite.system_prompt, t.prompt) for t in suite.tasks("train")[:batch]]
+    engine = HFEngine()
+    engine.bind(model, tok)
+    runner = EpisodeRunner(engine, chat, suite, 1024)
+    params = runner.sampling(1.0, 1.0, greedy=False)
+    params.max_new_tokens, params.stop_token_ids, params.stop_strings = new_tokens, [], []
+    counted = {}
+
+    def ours():
+        gens = engine.generate(prompts, params, torch.Generator().manual_seed(0))
+        counted["ours"] = sum(len(g.token_ids) for g in gens)
+
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    attn = (
+        torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]
+    ).long()
+
+    def bare():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=attn,
+            do_sample=True,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=tok.pad_token_id,
+            top_k=0,
+        )
+        counted["bare"] = (out.shape[1] - width) * out.shape[0]
+
+    with torch.no_grad():
+        t_ours, t_bare = timed(ours, repeats), timed(bare, repeats)
+    return counted["ours"] / t_ours, counted["bare"] / t_bare
+
+
+def bench_update(model, tok, batch: int, repeats: int) -> tuple[float, float]:
+    suite = ToolCalc(num_train=max(batch, 100), num_val=10, num_test=10, mistake_prob=0.0)
+    chat = ChatFormat(tok)
+    runner = EpisodeRunner(HFEngine(), chat, suite, 1024)
+    rng = random.Random(0)
+    demos = [runner.demonstration(t, suite.oracle(t, rng)) for t in suite.tasks("train")[:batch]]
+    tb = collate(demos, tok.pad_token_id)
+    tokens = int(tb.attention_mask.sum())
+    algo = GRPO(group_size=2)
+    adv = torch.randn(batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    with torch.no_grad():
+        old = model_logprobs(model, tb)[0]
+
+    def ours():
+        opt.zero_grad()
+        logp, _ = model_logprobs(model, tb)
+        loss, _ = algo.loss(logp, old, None, adv, tb.loss_mask)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    def bare():
+        opt.zero_grad()
+        labels = tb.input_ids.masked_fill(tb.attention_mask == 0, -100)
+        model(
+            input_ids=tb.input_ids, attention_mask=tb.attention_mask, labels=labels
+        ).loss.backward()
+        opt.step()
+
+    return tokens / timed(ours, repeats), tokens / timed(bare, repeats)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="tiny", choices=["tiny", "smollm2"])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=24)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cache", default=".cache/models")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model, tok = load(args.model, args.cache)
+    model.eval()
+    r_ours, r_bare = bench_rollout(model, tok, args.batch, args.new_tokens, args.repeats)
+    model.train()
+    u_ours, u_bare = bench_update(model, tok, args.batch, args.repeats)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    )
+    print(
+        f"model: {args.model}, batch {args.batch}, new tokens {args.new_tokens}, best of {args.repeats}\n"
+    )
+    print("| path | agentrl tokens/s | bare tokens/s | ratio |")
+    print("|---|---|---|---|")
+    print(
+        f"| rollout (HFEngine vs model.generate) | {r_ours:,.0f} | {r_bare:,.0f} | {r_ours / r_bare:.2f} |"
+    )
+    print(
+        f"| update (GRPO step vs fwd+bwd+step) | {u_ours:,.0f} | {u_bare:,.0f} | {u_ours / u_bare:.2f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
