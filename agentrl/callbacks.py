@@ -1,4 +1,5 @@
-"""Lightning callbacks: sample trajectories as JSONL, the exported policy, the learning curve."""
+"""Lightning callbacks: sample trajectories (JSONL and the tracking loggers), the exported policy,
+the learning curve."""
 
 from __future__ import annotations
 
@@ -16,32 +17,178 @@ from agentrl.plotting import plot_curve
 log = logging.getLogger(__name__)
 
 
+SAMPLE_COLUMNS = ["rl_step", "task_id", "prompt", "turns", "reward", "success"]
+
+
+def turns_text(turns: list[dict]) -> str:
+    """A trajectory record's turns as readable text: each action, then what came back."""
+    parts = []
+    for i, t in enumerate(turns, 1):
+        parts.append(f"[turn {i}] action:\n{t['action']}")
+        if t.get("observation"):
+            parts.append(f"[turn {i}] observation:\n{t['observation']}")
+        parts.append(f"[turn {i}] reward: {t['reward']}")
+    return "\n".join(parts)
+
+
+def samples_markdown(records: list[dict]) -> str:
+    """The records as markdown for TensorBoard's text tab (one section per trajectory)."""
+    out = []
+    for r in records:
+        out.append(
+            f"**{r['task_id']}** reward {r['reward']} success {r['success']}\n\n"
+            f"prompt:\n\n    " + str(r["prompt"]).replace("\n", "\n    ") + "\n\n"
+            "    " + turns_text(r["turns"]).replace("\n", "\n    ")
+        )
+    return "\n\n---\n\n".join(out)
+
+
+def tracker_kind(logger) -> str | None:
+    """wandb, mlflow or tensorboard for those Lightning loggers (subclasses too), else None."""
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    for kind, cls in (("wandb", WandbLogger), ("mlflow", MLFlowLogger)):
+        if isinstance(logger, cls):
+            return kind
+    return "tensorboard" if isinstance(logger, TensorBoardLogger) else None
+
+
 class TrajectoryWriter(L.Callback):
     """Every ``every_n_steps`` RL steps, append ``num_samples`` trajectories (prompt, turns, tool
-    calls, observations, rewards) to ``dirpath/train.jsonl``; each validation to ``val.jsonl``."""
+    calls, observations, rewards) to ``dirpath/train.jsonl``; each validation to ``val.jsonl``.
 
-    def __init__(self, dirpath: str, every_n_steps: int = 10, num_samples: int = 8):
+    The same samples go to every tracking logger of the trainer: a ``wandb.Table`` under
+    ``samples/train`` (``samples/val``) on W&B, the JSONL file as an artifact (folder ``samples``)
+    on MLflow, a text summary on TensorBoard. With ``log_checkpoints`` the best checkpoint (else
+    the last) is uploaded to W&B (a model artifact) and MLflow (folder ``checkpoints``) at the end
+    of fit. A tracker call that raises never stops training: it is a warning, counted in
+    ``tracker_errors`` (per tracker).
+    """
+
+    def __init__(
+        self,
+        dirpath: str,
+        every_n_steps: int = 10,
+        num_samples: int = 8,
+        to_trackers: bool = True,
+        log_checkpoints: bool = False,
+    ):
         if every_n_steps < 1:
             raise ValueError(f"callbacks.samples.every_n_steps must be >= 1, got {every_n_steps}")
         self.dirpath = Path(dirpath)
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
+        self.to_trackers = to_trackers
+        self.log_checkpoints = log_checkpoints
+        self.tracker_errors: dict[str, int] = {}
 
     @rank_zero_only
-    def _write(self, name: str, step: int, trajs) -> None:
+    def _write(self, name: str, step: int, trajs, trainer=None) -> None:
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        with open(self.dirpath / name, "a") as f:
-            for t in trajs[: self.num_samples]:
-                f.write(json.dumps({"rl_step": step, **t.to_record()}, default=str) + "\n")
+        records = [{"rl_step": step, **t.to_record()} for t in trajs[: self.num_samples]]
+        path = self.dirpath / name
+        with open(path, "a") as f:
+            for rec in records:
+                f.write(json.dumps(rec, default=str) + "\n")
+        if trainer is not None and self.to_trackers and records:
+            self._to_trackers(trainer, Path(name).stem, step, records, path)
+
+    def _guarded(self, kind: str, what: str, fn) -> None:
+        try:
+            fn()
+        except Exception as exc:  # a tracker is never worth a failed run
+            self.tracker_errors[kind] = self.tracker_errors.get(kind, 0) + 1
+            log.warning(
+                "could not log %s to %s (%s: %s); training goes on (%d such errors)",
+                what,
+                kind,
+                type(exc).__name__,
+                exc,
+                self.tracker_errors[kind],
+            )
+
+    def _to_trackers(self, trainer, split: str, step: int, records: list[dict], path) -> None:
+        key = f"samples/{split}"
+        for lg in trainer.loggers:
+            kind = tracker_kind(lg)
+            if kind == "wandb":
+                self._guarded(kind, key, lambda lg=lg: self._wandb_table(lg, key, records))
+            elif kind == "mlflow":
+                self._guarded(
+                    kind,
+                    key,
+                    lambda lg=lg: lg.experiment.log_artifact(lg.run_id, str(path), "samples"),
+                )
+            elif kind == "tensorboard":
+                self._guarded(
+                    kind,
+                    key,
+                    lambda lg=lg: lg.experiment.add_text(key, samples_markdown(records), step),
+                )
+
+    @staticmethod
+    def _wandb_table(logger, key: str, records: list[dict]) -> None:
+        import wandb
+
+        rows = [
+            [
+                r["rl_step"],
+                r["task_id"],
+                str(r["prompt"]),
+                turns_text(r["turns"]),
+                float(r["reward"]),
+                r["success"],
+            ]
+            for r in records
+        ]
+        # no step: W&B keeps its own, and a table at an older step would be dropped
+        logger.experiment.log({key: wandb.Table(columns=SAMPLE_COLUMNS, data=rows)})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = pl_module.rl_step
         if step % self.every_n_steps == 0 or step == 1:
-            self._write("train.jsonl", step, pl_module.last_samples)
+            self._write("train.jsonl", step, pl_module.last_samples, trainer)
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
-            self._write("val.jsonl", pl_module.rl_step, pl_module.last_val_samples)
+            self._write("val.jsonl", pl_module.rl_step, pl_module.last_val_samples, trainer)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer, pl_module):
+        if not self.log_checkpoints:
+            return
+        path = checkpoint_to_upload(trainer)
+        if path is None:
+            log.warning("log_checkpoints: no checkpoint to upload")
+            return
+        for lg in trainer.loggers:
+            kind = tracker_kind(lg)
+            if kind == "wandb":
+                self._guarded(kind, "the checkpoint", lambda lg=lg: _wandb_checkpoint(lg, path))
+            elif kind == "mlflow":
+                self._guarded(
+                    kind,
+                    "the checkpoint",
+                    lambda lg=lg: lg.experiment.log_artifact(lg.run_id, str(path), "checkpoints"),
+                )
+
+
+def checkpoint_to_upload(trainer) -> Path | None:
+    """The ModelCheckpoint's best checkpoint, else its last, else None."""
+    ckpt = trainer.checkpoint_callback
+    for p in (getattr(ckpt, "best_model_path", ""), getattr(ckpt, "last_model_path", "")):
+        if p and Path(p).is_file():
+            return Path(p)
+    return None
+
+
+def _wandb_checkpoint(logger, path: Path) -> None:
+    import wandb
+
+    run = logger.experiment
+    artifact = wandb.Artifact(name=f"model-{run.id}", type="model", metadata={"file": path.name})
+    artifact.add_file(str(path), name=path.name)
+    run.log_artifact(artifact, aliases=["latest", path.stem])
 
 
 class ExportPolicy(L.Callback):

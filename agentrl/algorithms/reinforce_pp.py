@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from agentrl.algorithms import credit as C
 from agentrl.algorithms import functional as F
 from agentrl.algorithms import objective
 from agentrl.algorithms.kl import KLController
@@ -33,6 +34,8 @@ class ReinforcePP:
     epochs: int = 1
     minibatches: int = 1
     max_grad_norm: float = 1.0
+    credit: str = "trajectory"
+    turn_gamma: float = 1.0
     kl_controller: KLController = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -61,6 +64,11 @@ class ReinforcePP:
     def advantages(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         """[N] rewards, [N] group ids -> [N] advantages normalized over all N episodes."""
         return F.batch_advantages(rewards, groups, group_baseline=self.group_baseline)
+
+    def token_advantages(self, trajs, rewards, groups, width: int) -> torch.Tensor:
+        """Advantages under ``credit`` (``credit.advantages``): [N] for ``trajectory``, [N, width]
+        token advantages aligned with ``TokenBatch.loss_mask`` for ``turn`` and ``transition``."""
+        return C.advantages(self, trajs, rewards, groups, width, scale=True)
 
     def loss(
         self,

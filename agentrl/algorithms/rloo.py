@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from agentrl.algorithms import credit as C
 from agentrl.algorithms import functional as F
 from agentrl.algorithms import objective
 from agentrl.algorithms.kl import KLController
@@ -31,6 +32,8 @@ class RLOO:
     epochs: int = 1
     minibatches: int = 1
     max_grad_norm: float = 1.0
+    credit: str = "trajectory"
+    turn_gamma: float = 1.0
     kl_controller: KLController = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -57,6 +60,11 @@ class RLOO:
     def advantages(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         """[N] rewards, [N] group ids -> [N] leave-one-out advantages."""
         return F.leave_one_out_advantages(rewards, groups)
+
+    def token_advantages(self, trajs, rewards, groups, width: int) -> torch.Tensor:
+        """Advantages under ``credit`` (``credit.advantages``): [N] for ``trajectory``, [N, width]
+        token advantages aligned with ``TokenBatch.loss_mask`` for ``turn`` and ``transition``."""
+        return C.advantages(self, trajs, rewards, groups, width, scale=True)
 
     def loss(
         self,

@@ -30,6 +30,7 @@ from agentrl.evaluation.outputs import write_all as write_outputs
 from agentrl.evaluation.policies import Policies, resolve_device
 from agentrl.evaluation.sources import Candidate, EvalError, discover, load_run_config
 from agentrl.evaluation.stats import episode_summary, z_value
+from agentrl.evaluation.tracking import check_log_to, log_evaluation
 from agentrl.models.factory import ModelLoadError
 from agentrl.utils.instantiate import ConfigError, instantiate, to_container
 
@@ -71,6 +72,7 @@ def check_settings(cfg: DictConfig) -> Decoding:
         raise EvalError(str(exc)) from exc
     if int(cfg.bootstrap_samples) < 100:
         raise EvalError(f"bootstrap_samples must be >= 100, got {cfg.bootstrap_samples}")
+    check_log_to(cfg.get("log_to"))
     return decoding
 
 
@@ -208,6 +210,8 @@ def evaluate(cfg: DictConfig) -> Evaluation:
     page = html.render(ev, png, report_records(ev, cfg.report_episodes), header(cfg))
     files = write_outputs(ev, plan.out, page, png)
     log.info("wrote %s", ", ".join(str(p) for p in files.values()))
+    if cfg.get("log_to"):
+        log_evaluation(ev, plan.out, files, cfg.log_to)
     for c in ev.comparisons:
         log.info("%s, %s: %s", c["suite"], c["comparison"], c["statement"])
     return ev

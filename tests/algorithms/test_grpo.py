@@ -93,3 +93,9 @@ def test_grpo_loss_adds_kl_when_configured():
 def test_bad_values_raise_clear_messages(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GRPO(**kwargs)
+
+
+def test_identical_rewards_give_exactly_zero_even_when_not_representable():
+    # -0.6 is not exact in float32: r - mean(r) is rounding noise, which must not be scaled up
+    rewards = torch.full((8,), -0.6)
+    assert F.group_advantages(rewards, torch.zeros(8, dtype=torch.long)).abs().max().item() == 0.0
