@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -51,6 +52,35 @@ def tracker_kind(logger) -> str | None:
         if isinstance(logger, cls):
             return kind
     return "tensorboard" if isinstance(logger, TensorBoardLogger) else None
+
+
+class RLModelCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, keyed by RL step instead of optimizer step.
+
+    Lightning skips a save when ``global_step`` (optimizer steps) has not moved since the last
+    one; an RL step whose update was skipped (all advantages zero, a non-finite loss) moves no
+    optimizer step but is still progress: data position, RNG and buffer changed. This saves at
+    every validation of a new RL step.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._last_rl_step_saved = -1
+
+    def _should_skip_saving_checkpoint(self, trainer) -> bool:
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        rl_step = getattr(trainer.lightning_module, "rl_step", trainer.global_step)
+        return (
+            bool(trainer.fast_dev_run)
+            or trainer.state.fn != TrainerFn.FITTING
+            or trainer.sanity_checking
+            or rl_step == self._last_rl_step_saved
+        )
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self._last_rl_step_saved = getattr(trainer.lightning_module, "rl_step", trainer.global_step)
 
 
 class TrajectoryWriter(L.Callback):

@@ -48,7 +48,8 @@ class TaskStream:
         return out
 
     def __len__(self) -> int:
-        return self.steps - self.position
+        # the whole epoch: Lightning's restored loop counts the batches already done
+        return self.steps
 
     def __iter__(self):
         while self.position < self.steps:

@@ -328,7 +328,10 @@ class AgentRLModule(L.LightningModule):
         for short, key in bar.items():
             if key in metrics:
                 self.log(short, metrics[key], prog_bar=True, logger=False, on_step=True)
-        self.log_dict(metrics, on_step=True, on_epoch=False, logger=True)
+        # straight to the loggers: Lightning's step results would repeat a key logged at an
+        # earlier step (e.g. loss/policy of the last real update) in rows of steps without it
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
 
     # ----------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
@@ -359,11 +362,7 @@ class AgentRLModule(L.LightningModule):
             "counters": dict(self.counters),
             "buffer": self.buffer.state_dict(),
             "algorithm": self.algorithm.state_dict(),
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-            },
+            "rng": rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -375,9 +374,7 @@ class AgentRLModule(L.LightningModule):
         self.buffer.load_state_dict(state["buffer"])
         if "algorithm" in state:
             self.algorithm.load_state_dict(state["algorithm"])
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
+        set_rng_state(state["rng"])
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and dm.stream is not None:
             dm.stream.position = self.rl_step
@@ -389,6 +386,29 @@ def select_scored(scored: dict, idx: torch.Tensor) -> dict:
     for k, v in scored.items():
         out[k] = v if v is None else v.select(idx) if isinstance(v, TokenBatch) else v[idx]
     return out
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch RNG states in types ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [
+            kind,
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
 
 
 def peak_rss_gb() -> float:

@@ -35,7 +35,7 @@ def resolve_checkpoint(cfg: DictConfig) -> str | None:
 def checkpoint_rl_step(path: str) -> int:
     """The RL step a checkpoint was taken at (memory-mapped: the weights are not read)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         raise ConfigError(
             f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "

@@ -60,8 +60,16 @@ def test_crashing_reward_marks_episodes_failed_and_training_continues(
 @pytest.mark.slow
 def test_nonfinite_loss_is_skipped_and_counted(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("AGENTRL_EXTRA_TARGETS", "tests.")
+    # a reward that varies (so advantages are not all zero and the loss is really computed)
     cfg = make_cfg(
-        "debug=smoke", "algorithm._target_=tests.test_faults.NaNLossGRPO", "warmstart.enabled=false"
+        "debug=smoke",
+        "algorithm._target_=tests.test_faults.NaNLossGRPO",
+        "warmstart.enabled=false",
+        "reward._target_=tests.test_faults.SometimesCrashingReward",
+        "~reward.success_weight",
+        "~reward.format_bonus",
+        "~reward.step_penalty",
+        "~reward.invalid_penalty",
     )
     run(cfg)
     run_dir = tmp_path / "run"
