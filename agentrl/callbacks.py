@@ -59,8 +59,10 @@ class RLModelCheckpoint(ModelCheckpoint):
 
     Lightning skips a save when ``global_step`` (optimizer steps) has not moved since the last
     one; an RL step whose update was skipped (all advantages zero, a non-finite loss) moves no
-    optimizer step but is still progress: data position, RNG and buffer changed. This saves at
-    every validation of a new RL step.
+    optimizer step but is still progress: data position, RNG and buffer changed. Lightning also
+    writes last.ckpt only when the top-k checkpoint improved, which would leave a resumed run
+    far behind. This saves at every validation of a new RL step: best.ckpt when the monitored
+    value improved, last.ckpt always.
     """
 
     def __init__(self, *args, **kwargs):
@@ -77,6 +79,13 @@ class RLModelCheckpoint(ModelCheckpoint):
             or trainer.sanity_checking
             or rl_step == self._last_rl_step_saved
         )
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)

@@ -144,8 +144,11 @@ class AgentRLModule(L.LightningModule):
         metrics["perf/peak_rss_gb"] = peak_rss_gb()
         self._log_train(metrics)
 
-    def _generator(self, step: int, salt: int) -> torch.Generator:
-        g = torch.Generator()
+    def _generator(
+        self, step: int, salt: int, device: str | torch.device = "cpu"
+    ) -> torch.Generator:
+        """A generator seeded by (seed, RL step, rank, salt): resume needs no RNG bookkeeping."""
+        g = torch.Generator(device=device)
         g.manual_seed(hash((self.seed, step, self.global_rank, salt)) % (2**63))
         return g
 
@@ -155,7 +158,8 @@ class AgentRLModule(L.LightningModule):
         groups = [i for i in range(len(tasks)) for _ in range(group)]
         params = self.runner.sampling(self.temperature, self.top_p, greedy=False)
         self.policy.eval()
-        trajs = self.runner.run(expanded, groups, params, self._generator(step, 0))
+        # sampling happens on the model's device, so its generator lives there too
+        trajs = self.runner.run(expanded, groups, params, self._generator(step, 0, self.device))
         self.policy.train()
         return trajs
 

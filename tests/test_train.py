@@ -87,6 +87,9 @@ def test_same_seed_same_metrics_and_resume_reproduces(make_cfg, tmp_path, monkey
         "callbacks.export=null",
     ]
     run(make_cfg(*common, run="a"))
+    # last.ckpt follows the run (Lightning's own would stay at the last best)
+    last = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["agentrl"]["rl_step"] == 4
     run(make_cfg(*common, run="b"))
     a, b = metrics_rows(tmp_path / "a"), metrics_rows(tmp_path / "b")
     for key in ("rollout/reward_mean", "loss/policy", "val/success_rate"):
