@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from agentrl.distributed import fsdp_modules
 from agentrl.plotting import plot_curve
 
 log = logging.getLogger(__name__)
@@ -88,8 +91,61 @@ class RLModelCheckpoint(ModelCheckpoint):
         self._save_last_checkpoint(trainer, candidates)
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
+        """Write ``<file>.tmp`` then rename it over ``<file>``: a checkpoint is never half-written
+        (Lightning's own save goes through a temporary file in the system temp dir, which is a
+        copy, not a rename, when that is another filesystem). The previous ``last.ckpt`` is kept
+        as ``last.ckpt.prev``, the fallback when last.ckpt turns out unreadable."""
+        tmp = f"{filepath}.tmp"
+        if trainer.is_global_zero:
+            remove_path(Path(tmp))  # a leftover of a crash (a sharded checkpoint is a folder)
+        trainer.strategy.barrier()
+        super()._save_checkpoint(trainer, tmp)
+        if trainer.is_global_zero:
+            commit_checkpoint(
+                Path(tmp), Path(filepath), keep_previous=Path(filepath).stem == "last"
+            )
+        trainer.strategy.barrier()
+        self._last_checkpoint_saved = filepath
         self._last_rl_step_saved = getattr(trainer.lightning_module, "rl_step", trainer.global_step)
+
+
+PREVIOUS_SUFFIX = ".prev"
+
+
+def remove_path(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def commit_checkpoint(tmp: Path, final: Path, keep_previous: bool) -> None:
+    """Move a completely written checkpoint ``tmp`` (file, or FSDP's folder) to ``final``.
+
+    A file is fsynced and renamed over ``final`` in one step; with ``keep_previous`` the old
+    ``final`` stays reachable as ``<final>.prev`` (a hard link, so ``final`` never disappears).
+    A folder cannot be renamed over a folder: the old one is moved to ``.prev`` (or removed)
+    first, so for a moment only ``.prev`` exists, which resuming also looks for.
+    """
+    prev = final.with_name(final.name + PREVIOUS_SUFFIX)
+    if tmp.is_file():
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        if keep_previous and final.is_file():
+            remove_path(prev)
+            os.link(final, prev)
+        os.replace(tmp, final)
+    else:
+        if keep_previous and final.exists():
+            remove_path(prev)
+            os.replace(final, prev)
+        remove_path(final)
+        os.replace(tmp, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself survives a power cut
+    finally:
+        os.close(fd)
 
 
 class TrajectoryWriter(L.Callback):
@@ -238,10 +294,29 @@ class ExportPolicy(L.Callback):
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)
 
-    @rank_zero_only
     def on_fit_end(self, trainer, pl_module):
         policy = pl_module.policy
+        state = None
+        if fsdp_modules(policy):
+            # FSDP: every rank takes part in gathering the full weights; rank 0 writes them
+            if hasattr(policy, "merge_and_unload"):
+                log.warning("export: a LoRA policy under FSDP is not exported; use the checkpoint")
+                return
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+            )
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            state = get_model_state_dict(policy, options=options)
+        if not trainer.is_global_zero:
+            return
         self.dirpath.mkdir(parents=True, exist_ok=True)
+        if state is not None:
+            policy.save_pretrained(self.dirpath, state_dict=state)
+            pl_module.tokenizer.save_pretrained(self.dirpath)
+            log.info("exported the policy to %s", self.dirpath)
+            return
         if hasattr(policy, "merge_and_unload"):
             policy.save_pretrained(self.dirpath / "adapter")
             policy = copy.deepcopy(policy).merge_and_unload()

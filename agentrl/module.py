@@ -24,6 +24,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from agentrl import distributed as D
 from agentrl import value as V
 from agentrl.algorithms import functional as F
 from agentrl.batching import TokenBatch, collate, model_logprobs_chunked
@@ -95,11 +96,17 @@ class AgentRLModule(L.LightningModule):
         self.last_samples: list[Trajectory] = []
         self.last_val_samples: list[Trajectory] = []
         self._val: list[Trajectory] = []
+        self._val_gathered = contextlib.ExitStack()
 
     # ----------------------------------------------------------------- setup
     def configure_model(self) -> None:
         if self.algorithm.needs_reference and self.reference is None and not self._has_adapter():
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        if self._device_mesh is not None and not D.fsdp_modules(self.policy):
+            # trainer=fsdp (Lightning's ModelParallelStrategy): FSDP2 shards what trains
+            for m in (self.policy, self.reference, self.critic):
+                if m is not None:
+                    D.shard(m, self._device_mesh)
         self.engine.bind(self.policy, self.tokenizer)
 
     def _has_adapter(self) -> bool:
@@ -134,6 +141,7 @@ class AgentRLModule(L.LightningModule):
             self.rl_step = step + 1
             self.last_samples = trajs
             metrics = self._train_metrics(trajs, counts, {**stats, **adv_stats})
+            n_local = len(trajs)
         metrics.update({f"perf/{k}_s": v for k, v in timer.seconds.items()})
         metrics["perf/rollout_tokens_per_s"] = sum(t.num_generated for t in trajs) / max(
             timer.seconds["rollout"], 1e-9
@@ -142,7 +150,7 @@ class AgentRLModule(L.LightningModule):
             timer.seconds["update"], 1e-9
         )
         metrics["perf/peak_rss_gb"] = peak_rss_gb()
-        self._log_train(metrics)
+        self._log_train(D.reduce_metrics(metrics, n_local))
 
     def _generator(
         self, step: int, salt: int, device: str | torch.device = "cpu"
@@ -159,29 +167,32 @@ class AgentRLModule(L.LightningModule):
         params = self.runner.sampling(self.temperature, self.top_p, greedy=False)
         self.policy.eval()
         # sampling happens on the model's device, so its generator lives there too
-        trajs = self.runner.run(expanded, groups, params, self._generator(step, 0, self.device))
+        with D.gathered(self.policy):
+            gen = self._generator(step, 0, self.device)
+            trajs = self.runner.run(expanded, groups, params, gen)
         self.policy.train()
         return trajs
 
     def _score_logprobs(self, trajs: list[Trajectory]) -> dict | None:
         """The trainer's (old) and the reference's log-probs, and the old values when there is a
         critic, computed once per step."""
-        if not trajs:
-            return None
-        batch = collate(trajs, self.tokenizer.pad_token_id).to(self.device)
-        chunk, values = self.update_micro_batch_size, None
-        if self.critic is None:
-            old = model_logprobs_chunked(self.policy, batch, chunk, self.temperature)
-        else:
-            old, values = V.forward_chunked(
-                self.policy, self.critic, batch, chunk, self.temperature
-            )
-        return {
-            "batch": batch,
-            "old": old,
-            "ref": self._reference_logprobs(batch),
-            "values": values,
-        }
+        with D.gathered(self.policy, self.reference, self.critic):
+            if not trajs:
+                return None
+            batch = collate(trajs, self.tokenizer.pad_token_id).to(self.device)
+            chunk, values = self.update_micro_batch_size, None
+            if self.critic is None:
+                old = model_logprobs_chunked(self.policy, batch, chunk, self.temperature)
+            else:
+                old, values = V.forward_chunked(
+                    self.policy, self.critic, batch, chunk, self.temperature
+                )
+            return {
+                "batch": batch,
+                "old": old,
+                "ref": self._reference_logprobs(batch),
+                "values": values,
+            }
 
     def _advantages(self, trajs: list[Trajectory], scored: dict | None):
         """Rewards (minus KL when kl_mode=reward) -> advantages, [N] or [N, T-1] aligned with
@@ -225,45 +236,77 @@ class AgentRLModule(L.LightningModule):
 
     def _update(self, trajs: list[Trajectory], scored: dict | None) -> dict:
         stats: dict = {"_upd_tokens": 0}
-        if not trajs or not bool((scored["advantages"] != 0).any()):
+        # under DDP/FSDP every rank takes the same decision (their gradients meet in backward)
+        if not D.any_rank(bool(trajs) and bool((scored["advantages"] != 0).any())):
             stats["loss/skipped_zero_adv"] = 1.0
             return stats
-        batch, old = scored["batch"], scored["old"]
-        mask = batch.loss_mask
-        stats["rollout/logprob_diff"] = float(
-            ((old - batch.behaviour_logprobs).abs() * mask).sum() / mask.sum()
-        )
+        if trajs:
+            batch, old = scored["batch"], scored["old"]
+            mask = batch.loss_mask
+            stats["rollout/logprob_diff"] = float(
+                ((old - batch.behaviour_logprobs).abs() * mask).sum() / mask.sum()
+            )
         opt = self.optimizers()
         gen = self._generator(self.rl_step, 1)
         acc: dict[str, list[float]] = {}
         for _ in range(self.algorithm.epochs):
             perm = torch.randperm(len(trajs), generator=gen).to(self.device)
-            for mb in perm.chunk(self.algorithm.minibatches):
+            mbs = list(perm.chunk(self.algorithm.minibatches)) if trajs else []
+            if D.is_distributed():
+                mbs += [perm[:0]] * (int(D.all_reduce(len(mbs), "max")) - len(mbs))
+            for mb in mbs:
                 for k, v in self._minibatch_step(opt, scored, mb).items():
                     acc.setdefault(k, []).append(v)
-                stats["_upd_tokens"] += int(batch.attention_mask[mb].sum())
+                if len(mb):
+                    stats["_upd_tokens"] += int(scored["batch"].attention_mask[mb].sum())
         stats.update({k: float(np.mean(v)) for k, v in acc.items()})
-        if scored["ref"] is not None:
-            kl = F.sequence_kl(old, scored["ref"], mask, self.algorithm.kl_estimator).mean()
-            self.algorithm.kl_controller.update(float(kl), n_steps=len(trajs))
+        if self.algorithm.needs_reference:
+            kl = self._global_kl(trajs, scored)
+            self.algorithm.kl_controller.update(kl, n_steps=int(D.all_reduce(len(trajs))))
             stats["loss/kl_coef"] = float(self.algorithm.kl_controller.value)
         return stats
 
+    def _global_kl(self, trajs: list[Trajectory], scored: dict | None) -> float:
+        """Mean sequence KL to the reference over the episodes of all ranks."""
+        kl = (
+            F.sequence_kl(
+                scored["old"], scored["ref"], scored["batch"].loss_mask, self.algorithm.kl_estimator
+            )
+            if trajs
+            else torch.zeros(0)
+        )
+        if not D.is_distributed():
+            return float(kl.mean())
+        total, n = D.all_reduce(float(kl.sum())), D.all_reduce(len(trajs))
+        return float(total / n.clamp(min=1))
+
     def _minibatch_step(self, opt, scored: dict, mb: torch.Tensor) -> dict[str, float]:
+        # scored is None on a rank left without episodes (it still joins the collectives)
         batch, old, ref, advantages = (
-            scored["batch"],
-            scored["old"],
-            scored["ref"],
-            scored["advantages"],
+            (scored[k] for k in ("batch", "old", "ref", "advantages")) if scored else [None] * 4
         )
         agg = self.algorithm.aggregation
-        total = F.aggregation_weight(batch.loss_mask[mb], agg).clamp(min=1e-9)
+        total = (
+            F.aggregation_weight(batch.loss_mask[mb], agg)
+            if len(mb)
+            else torch.zeros((), device=self.device)
+        )
+        # DDP and FSDP average gradients over ranks: weigh by the share of the global minibatch
+        world = D.world_size()
+        total = (D.all_reduce(total).to(total) if world > 1 else total).clamp(min=1e-9)
         opt.zero_grad()
         out: dict[str, float] = {}
         finite = True
-        for micro in mb.split(self.update_micro_batch_size):
+        micros = list(mb.split(self.update_micro_batch_size)) if len(mb) else []
+        for micro in D.pad_micro_batches(micros) if world > 1 else micros:
+            if not finite and world == 1:
+                break
+            if micro is None or not finite:
+                # keeps this rank's backward passes in step with the other ranks'
+                self._zero_pass(batch)
+                continue
             sub = batch.select(micro)
-            weight = float(F.aggregation_weight(sub.loss_mask, agg) / total)
+            weight = world * float(F.aggregation_weight(sub.loss_mask, agg) / total)
             logp, entropy, values = V.forward(self.policy, self.critic, sub, self.temperature)
             loss, parts = self.algorithm.loss(
                 logp,
@@ -276,15 +319,21 @@ class AgentRLModule(L.LightningModule):
             )
             if not torch.isfinite(loss):
                 finite = False
-                break
+                self.manual_backward(
+                    (logp.sum() if values is None else logp.sum() + values.sum()) * 0.0
+                )
+                continue
             self.manual_backward(loss * weight)
             m = sub.loss_mask
             parts["entropy"] = (entropy.detach() * m).sum() / m.sum().clamp(min=1)
             for k, v in parts.items():
                 out[f"loss/{k}"] = out.get(f"loss/{k}", 0.0) + float(v) * weight
         params = self._trainable()
+        finite = D.all_ranks(finite) if world > 1 else finite
         norm = (
-            torch.nn.utils.clip_grad_norm_(params, self.algorithm.max_grad_norm) if finite else None
+            D.full_value(torch.nn.utils.clip_grad_norm_(params, self.algorithm.max_grad_norm))
+            if finite
+            else None
         )
         if not finite or not torch.isfinite(norm):
             # a non-finite loss or gradient is skipped and counted, never applied
@@ -295,6 +344,17 @@ class AgentRLModule(L.LightningModule):
         out["loss/grad_norm"] = float(norm)
         out["loss/skipped_nonfinite"] = 0.0
         return out
+
+    def _zero_pass(self, batch: TokenBatch | None) -> None:
+        """A forward and backward that adds nothing to the gradients (weight 0)."""
+        if batch is None:
+            pad = self.tokenizer.pad_token_id or 0
+            ids = torch.full((1, 2), pad, dtype=torch.long, device=self.device)
+            zeros = torch.zeros((1, 1), device=self.device)
+            batch = TokenBatch(ids, torch.ones_like(ids), zeros, zeros)
+        sub = batch.select(torch.arange(1, device=batch.input_ids.device))
+        logp, _, values = V.forward(self.policy, self.critic, sub, self.temperature)
+        self.manual_backward((logp.sum() if values is None else logp.sum() + values.sum()) * 0.0)
 
     @staticmethod
     def _value_inputs(scored: dict, micro: torch.Tensor, values) -> dict:
@@ -340,6 +400,8 @@ class AgentRLModule(L.LightningModule):
     # ----------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
         self._val = []
+        # FSDP: full parameters for the whole validation (ranks run different numbers of forwards)
+        self._val_gathered.enter_context(D.gathered(self.policy))
 
     def validation_step(self, tasks, batch_idx):
         params = self.runner.sampling(self.temperature, 1.0, greedy=True)
@@ -348,6 +410,7 @@ class AgentRLModule(L.LightningModule):
         self._val.extend(trajs)
 
     def on_validation_epoch_end(self) -> None:
+        self._val_gathered.close()
         trajs = self._val
         n = torch.tensor(float(len(trajs)), device=self.device)
         wins = torch.tensor(float(sum(bool(t.success) for t in trajs)), device=self.device)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from agentrl.loggers import truncate_metrics
@@ -21,21 +22,39 @@ from agentrl.utils.instantiate import ConfigError, instantiate, to_container
 log = logging.getLogger("agentrl")
 
 
+# resuming tries these in <run dir>/checkpoints, in order: the first readable one is used
+RESUME_CANDIDATES = ("last.ckpt", "last.ckpt.prev", "best.ckpt")
+
+
 def resolve_checkpoint(cfg: DictConfig) -> str | None:
-    """``ckpt_path`` if given (it must exist); else the run directory's ``last.ckpt`` if any."""
+    """``ckpt_path`` if given (it must exist and be readable); else the run directory's
+    ``last.ckpt`` if any. An unreadable last.ckpt (a corrupt or truncated file) is reported and
+    the previous good one (``last.ckpt.prev``, then ``best.ckpt``) is used instead."""
     if cfg.get("ckpt_path"):
         path = Path(cfg.ckpt_path)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
         return str(path)
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() else None
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    for name in RESUME_CANDIDATES:
+        path = folder / name
+        if not path.exists():
+            continue
+        try:
+            checkpoint_rl_step(str(path))
+        except ConfigError as exc:
+            log.error("%s; trying an earlier checkpoint", exc)
+            continue
+        return str(path)
+    return None
 
 
 def checkpoint_rl_step(path: str) -> int:
-    """The RL step a checkpoint was taken at (memory-mapped: the weights are not read)."""
+    """The RL step a checkpoint was taken at (memory-mapped: the weights are not read). A sharded
+    (FSDP) checkpoint is a folder whose ``meta.pt`` holds everything but the tensors."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        meta = Path(path) / "meta.pt" if Path(path).is_dir() else Path(path)
+        state = torch.load(meta, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         raise ConfigError(
             f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
@@ -96,6 +115,8 @@ def warm_start(cfg: DictConfig, parts: dict, policy, tokenizer) -> None:
     kwargs = {
         "accelerator": cfg.trainer.accelerator,
         "devices": 1,
+        # one plain process, whatever the launcher (SLURM's tasks are the RL trainer's business)
+        "plugins": [LightningEnvironment()],
         "logger": False,
         "enable_checkpointing": False,
         "enable_model_summary": False,

@@ -8,6 +8,7 @@ it (model, env, warm-start settings), so the next run with the same settings reu
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -134,6 +135,13 @@ class WarmStart:
         if not self.enabled:
             return None
         folder = Path(self.cache_dir) / self.key(identity)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # one process trains, the others (DDP ranks under srun, a sweep's jobs) wait and reuse
+        with open(folder.parent / f"{folder.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._run(policy, tokenizer, runner, suite, folder, trainer_kwargs)
+
+    def _run(self, policy, tokenizer, runner, suite, folder: Path, trainer_kwargs: dict):
         weights = folder / "model.pt"
         if weights.exists():
             log.info("warm start: reusing %s", folder)
