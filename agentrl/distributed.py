@@ -145,3 +145,15 @@ def shard(module: torch.nn.Module, mesh) -> None:
 def full_value(t: torch.Tensor) -> torch.Tensor:
     """A DTensor (e.g. FSDP's gradient norm) as a plain tensor; a tensor unchanged."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+# ----------------------------------------------------------------------------- SLURM
+def cluster_plugins(slurm_auto_requeue: bool = False) -> list:
+    """The Trainer's ``plugins``: under SLURM (srun tasks), Lightning's SLURM environment with
+    its own requeue switched off (submitit or SLURM owns requeue: slurm/README.md); elsewhere
+    none, and Lightning detects the environment itself."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if TorchElasticEnvironment.detect() or not SLURMEnvironment.detect():
+        return []
+    return [SLURMEnvironment(auto_requeue=slurm_auto_requeue)]
