@@ -96,6 +96,13 @@ def job_state(job_id: str) -> str:
     return out[-1].split()[0] if out else "UNKNOWN"
 
 
+def queue_state(job_id: str) -> str:
+    out = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=20
+    )
+    return out.stdout.strip()
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -163,7 +170,7 @@ def test_requeued_job_resumes_and_matches_uninterrupted(tmp_path):
         "warmstart.enabled=false",
         "data.tasks_per_step=2",
         "algorithm.group_size=4",
-        "data.steps=5",
+        "data.steps=4",
         "data.num_val_tasks=4",
         "data.val_batch_size=4",
         "trainer.val_check_interval=1",
@@ -194,6 +201,9 @@ def test_requeued_job_resumes_and_matches_uninterrupted(tmp_path):
         wait_for(checkpointed_step, 300, "a checkpoint at RL step 2")
         assert job_state(job_id) == "RUNNING"
         subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
+        # SLURM holds a requeued job back for about two minutes (its begin time): start it now
+        wait_for(lambda: queue_state(job_id) == "PENDING", 60, f"job {job_id} to be pending")
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], timeout=30)
         wait_for(lambda: job_state(job_id) in TERMINAL, 400, f"job {job_id} to end", 1.0)
     finally:
         subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
@@ -214,4 +224,4 @@ def test_requeued_job_resumes_and_matches_uninterrupted(tmp_path):
         assert [s for s, _ in series(got, key)] == [s for s, _ in series(want, key)], key
         values = [v for _, v in series(want, key)]
         assert [v for _, v in series(got, key)] == pytest.approx(values, abs=1e-6), key
-    assert [s for s, _ in series(got, "val/success_rate")] == [0, 1, 2, 3, 4, 5]
+    assert [s for s, _ in series(got, "val/success_rate")] == [0, 1, 2, 3, 4]
