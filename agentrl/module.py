@@ -122,6 +122,10 @@ class AgentRLModule(L.LightningModule):
 
     # ----------------------------------------------------------------- train
     def training_step(self, batch, batch_idx):
+        if getattr(self.algorithm, "preference", False):
+            from agentrl.preference import preference_step  # DPO: pairs instead of advantages
+
+            return preference_step(self, batch)
         step, tasks = batch["step"], batch["tasks"]
         timer = Timer()
         with timer("rollout"):

@@ -16,6 +16,7 @@ from lightning.fabric.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from agentrl.loggers import truncate_metrics
+from agentrl.models import qlora
 from agentrl.models.factory import ModelLoadError, apply_adapter
 from agentrl.utils.instantiate import ConfigError, instantiate, to_container
 
@@ -70,6 +71,9 @@ def check_config(cfg: DictConfig) -> None:
     lr = cfg.optimizer.get("lr")
     if lr is not None and not lr > 0:
         raise ConfigError(f"optimizer.lr must be > 0, got {lr}")
+    reason = qlora.check(cfg.get("adapter"))
+    if reason:
+        raise ConfigError(reason)
     devices = cfg.trainer.get("devices")
     if isinstance(devices, int) and devices < 1:
         raise ConfigError(f"trainer.devices must be >= 1, got {cfg.trainer.devices}")

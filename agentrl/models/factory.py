@@ -447,4 +447,8 @@ def apply_adapter(model, adapter_cfg):
     from hydra.utils import instantiate
     from peft import get_peft_model
 
+    if adapter_cfg.get("quantization"):  # adapter=qlora: a 4-bit base (agentrl/models/qlora.py)
+        from agentrl.models.qlora import quantize
+
+        model = quantize(model, adapter_cfg["quantization"])
     return get_peft_model(model, instantiate(adapter_cfg["config"]))

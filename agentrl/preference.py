@@ -1,0 +1,165 @@
+"""The training step of preference algorithms (``algorithm=dpo``, ``algorithm=online_dpo``).
+
+``AgentRLModule.training_step`` hands the step here when ``algorithm.preference`` is true. The
+phases are the RL step's, timed the same way into ``perf/<phase>_s``:
+
+    rollout   the step's pairs, from ``algorithm.pairs``:
+                env        env_pairs on the step's tasks (oracle demonstration vs a perturbed
+                           copy the verifier rejects), seeded by (seed, step)
+                file       the next pairs of algorithm.pairs_file (as many as the step has tasks)
+                reference  group_size samples per task from the reference policy, ranked by the
+                           configured reward (a fixed sampling policy: offline)
+                policy     group_size samples per task from the current policy, ranked (online)
+    score     pairs -> token-exact episodes (pair_trajectories), the reference's log-probs
+    update    epochs x minibatches of pairs through the module's micro-batched optimizer step
+    sync, log as in RL; ``pref/`` metrics: chosen/rejected implicit rewards, margin, accuracy,
+              pairs, ties (ranked groups whose rewards were all equal), skipped tasks (env)
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+
+from agentrl.batching import collate
+from agentrl.pairs import env_pairs, pair_trajectories, ranked_pairs
+from agentrl.rewards.base import score_batch
+
+_PREF_STATS = ("chosen_reward", "rejected_reward", "reward_margin", "preference_accuracy")
+
+
+def preference_step(module, batch) -> None:
+    """One preference-optimization step of ``module`` (an ``AgentRLModule``) on ``batch``."""
+    from agentrl.module import episode_metrics, peak_rss_gb
+
+    step, tasks = batch["step"], batch["tasks"]
+    if module.update_micro_batch_size % 2:
+        raise ValueError(
+            "DPO keeps each (chosen, rejected) pair in one micro-batch: "
+            f"module.update_micro_batch_size must be even, got {module.update_micro_batch_size}"
+        )
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    pairs, sampled, stats = collect_pairs(module, tasks, step)
+    seconds["rollout"] = time.perf_counter() - start
+    start = time.perf_counter()
+    scored = score_pairs(module, pairs)
+    seconds["score"] = time.perf_counter() - start
+    start = time.perf_counter()
+    stats.update(update(module, scored, len(pairs), step))
+    seconds["update"] = time.perf_counter() - start
+    start = time.perf_counter()
+    module.engine.sync(module.policy)
+    seconds["sync"] = time.perf_counter() - start
+    module.rl_step = step + 1
+    module.last_samples = sampled or [t for p in pairs for t in p.trajectories]
+    metrics = {}
+    if sampled:
+        ok = [t for t in sampled if t.status != "failed"]
+        metrics.update(episode_metrics(ok, prefix="rollout"))
+        metrics["env/success_rate"] = metrics.pop("rollout/success_rate")
+        metrics["rollout/failed_episodes"] = float(len(sampled) - len(ok))
+    metrics.update(stats)
+    metrics.update({f"perf/{k}_s": v for k, v in seconds.items()})
+    metrics["perf/peak_rss_gb"] = peak_rss_gb()
+    metrics["loss/skipped_updates_total"] = float(module.counters["skipped_updates"])
+    metrics["train/rl_step"] = float(module.rl_step)
+    module._log_train(metrics)
+
+
+def collect_pairs(module, tasks, step: int):
+    """The step's pairs (each with its trajectories), the sampled episodes (ranked sources) and
+    counts."""
+    algo = module.algorithm
+    if algo.pairs == "env":
+        rng = random.Random(module.seed * 1_000_003 + step * 7919 + module.global_rank)
+        pairs, counts = env_pairs(
+            module.suite, module.runner, tasks, rng, algo.perturbations, algo.max_tries
+        )
+        stats = {
+            "pref/no_chosen": float(counts["no_chosen"]),
+            "pref/no_rejected": float(counts["no_rejected"]),
+        }
+        return _with_trajectories(module, pairs), [], {**stats, "pref/pairs": float(len(pairs))}
+    if algo.pairs == "file":
+        n, world = len(tasks), module.trainer.world_size if module._trainer is not None else 1
+        offset = (step * world + module.global_rank) * n
+        chosen = [algo.file_pairs[(offset + i) % len(algo.file_pairs)] for i in range(n)]
+        return _with_trajectories(module, chosen), [], {"pref/pairs": float(n)}
+    sampled = _sample(module, tasks, step, from_reference=algo.pairs == "reference")
+    counts = score_batch(module.reward, sampled)
+    pairs, ties = ranked_pairs(sampled)
+    stats = {
+        "pref/pairs": float(len(pairs)),
+        "pref/ties": float(ties),
+        "rollout/reward_errors": float(counts["reward_errors"] + counts["reward_nonfinite"]),
+    }
+    return pairs, sampled, stats
+
+
+def _with_trajectories(module, pairs):
+    """Pairs with their token-exact trajectories (replayed through the env when needed); a pair
+    whose replay fails is dropped."""
+    out = []
+    for pair in pairs:
+        try:
+            trajs = pair_trajectories(module.runner, pair)
+        except RuntimeError:
+            continue
+        if all(t.status != "failed" and t.num_generated > 0 for t in trajs):
+            pair.trajectories = trajs
+            out.append(pair)
+    return out
+
+
+def _sample(module, tasks, step: int, from_reference: bool):
+    """``group_size`` episodes per task from the current policy, or from the reference (the
+    adapter disabled, or the frozen copy bound to the engine for the rollout)."""
+    if not from_reference:
+        return module._rollout(tasks, step)
+    if module.reference is None:
+        with module.policy.disable_adapter():
+            return module._rollout(tasks, step)
+    module.engine.bind(module.reference, module.tokenizer)
+    try:
+        return module._rollout(tasks, step)
+    finally:
+        module.engine.bind(module.policy, module.tokenizer)
+
+
+def score_pairs(module, pairs) -> dict | None:
+    """Rows [chosen_0, rejected_0, chosen_1, ...] as a TokenBatch, the reference's log-probs and
+    the sides (+1 chosen, -1 rejected) in the module's ``scored`` layout."""
+    if not pairs:
+        return None
+    trajs = [t for p in pairs for t in p.trajectories]
+    batch = collate(trajs, module.tokenizer.pad_token_id).to(module.device)
+    ref = module._reference_logprobs(batch)
+    sides = torch.tensor([1.0, -1.0] * len(pairs), device=module.device)
+    # "old" is not used by the preference losses; the module's step passes it through
+    return {"batch": batch, "old": ref, "ref": ref, "advantages": sides, "values": None}
+
+
+def update(module, scored: dict | None, num_pairs: int, step: int) -> dict[str, float]:
+    """epochs x minibatches of pairs; each minibatch is one optimizer step of the module (micro-
+    batched, gradient clipped, a non-finite loss or gradient skipped and counted)."""
+    if scored is None:
+        return {"loss/skipped_no_pairs": 1.0}
+    algo = module.algorithm
+    opt = module.optimizers()
+    gen = module._generator(step, 1)
+    acc: dict[str, list[float]] = {}
+    for _ in range(algo.epochs):
+        perm = torch.randperm(num_pairs, generator=gen)
+        for chunk in perm.chunk(algo.minibatches):
+            rows = torch.stack([2 * chunk, 2 * chunk + 1], dim=1).flatten().to(module.device)
+            for k, v in module._minibatch_step(opt, scored, rows).items():
+                acc.setdefault(k, []).append(v)
+    out = {k: sum(v) / len(v) for k, v in acc.items()}
+    for name in _PREF_STATS:
+        if f"loss/{name}" in out:
+            out[f"pref/{name}"] = out.pop(f"loss/{name}")
+    out["loss/skipped_no_pairs"] = 0.0
+    return out
