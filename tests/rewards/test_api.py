@@ -62,7 +62,10 @@ def test_scores_in_batches_with_a_cache():
 
 def test_concurrency_limit_is_respected():
     with ScoringServer(fault="slow", delay=0.3) as srv:
-        score_batch(reward(srv.url, batch_size=1, max_concurrency=2), batch(6))
+        counts = score_batch(
+            reward(srv.url, batch_size=1, max_concurrency=2, timeout_s=30), batch(6)
+        )
+        assert counts["reward/api_retries"] == 0
         assert srv.stats["max_in_flight"] == 2
         assert srv.stats["requests"] == 6
 
