@@ -90,10 +90,12 @@ class Chromium:
         self._buf = b""
         self._events: list[dict] = []
         self._ids = itertools.count(1)
+        # set once the pipe failed: the suite then starts a fresh Chromium
+        self.broken = False
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc is not None and not self.broken and self.proc.poll() is None
 
     def start(self) -> Chromium:
         if not os.path.exists(self.executable):
@@ -177,6 +179,7 @@ class Chromium:
             while data:
                 data = data[os.write(self._to, data) :]
         except (OSError, TypeError) as exc:
+            self.broken = True
             raise BrowserError(f"Chromium is gone ({method}): {exc}") from exc
         return msg_id
 
@@ -184,9 +187,11 @@ class Chromium:
         while b"\0" not in self._buf:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self._from], [], [], left)[0]:
+                self.broken = True
                 raise BrowserError("Chromium did not answer in time")
             chunk = os.read(self._from, 1 << 16)
             if not chunk:
+                self.broken = True
                 raise BrowserError(f"Chromium quit (exit code {self.proc and self.proc.poll()})")
             self._buf += chunk
         msg, _, self._buf = self._buf.partition(b"\0")

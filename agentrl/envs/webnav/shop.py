@@ -5,9 +5,10 @@ A site has ``num_categories`` kinds of goods (hats, bags, ...). Each kind comes 
 is one item with its own id and price. Pages (paths relative to a session's ``/s/<sid>/``)::
 
     ""              home: search box, category links, a JavaScript-filled "deal" link
-    c/<kind>?p=N    a category, page N (``page_size`` items a page, prev/next links)
+    c/<kind>?p=N    a category, page N (``page_size`` items a page; "page i/n", prev/next links
+                    when there is more than one page)
     search?q=..&p=N search results (items whose words contain every query word), paginated
-    i/<id>          an item: its attributes, its price, an "Add to cart" form (POST cart/add)
+    i/<id>          an item: its name, size and price, an "Add to cart" form (POST cart/add)
     cart            the cart: items, "Remove" forms (POST cart/remove), total, checkout link
     checkout        a form asking for a name (POST checkout -> order/<n>, or the error shown)
     order/<n>       the confirmation of order n
@@ -115,6 +116,8 @@ def _listing(prefix: str, items: list[Item], page: int, page_size: int, more: st
     page = min(max(page, 1), pages)
     shown = items[(page - 1) * page_size : page * page_size]
     rows = "".join(f'<li><a href="{prefix}i/{it.id}">{escape(it.label)}</a></li>' for it in shown)
+    if pages == 1:
+        return f"<ul>{rows}</ul>"
     nav = [f'<a href="{more}p={page - 1}">prev</a>'] if page > 1 else []
     nav += [f'<a href="{more}p={page + 1}">next</a>'] if page < pages else []
     return f"<ul>{rows}</ul><p>page {page}/{pages} {' '.join(nav)}</p>"
@@ -145,15 +148,13 @@ def category_page(site: Site, prefix: str, cart_count: int, kind: str, page: int
 def search_page(site: Site, prefix: str, cart_count: int, query: str, page: int, size: int):
     found = site.search(query)
     more = f"{prefix}search?q={quote_plus(query)}&"
-    body = f"<p>{len(found)} results</p>" + (
-        _listing(prefix, found, page, size, more) if found else ""
-    )
+    body = _listing(prefix, found, page, size, more) if found else "<p>no results</p>"
     return _doc(f"Search: {query}", prefix, cart_count, body)
 
 
 def item_page(item: Item, prefix: str, cart_count: int) -> str:
-    rows = [("color", item.color), ("material", item.material), ("size", item.size)]
-    rows.append(("price", f"${item.price}"))
+    # colour and material are in the title (the item's name)
+    rows = [("size", item.size), ("price", f"${item.price}")]
     table = "".join(f"<tr><td>{k}</td><td>{escape(v)}</td></tr>" for k, v in rows)
     form = (
         f'<form action="{prefix}cart/add" method="post">'

@@ -37,6 +37,7 @@ class WebNav:
     num_categories: kinds of goods per site. page_size: items per listing page.
     buy_prob: fraction of purchase goals (the rest are price goals).
     max_turns: turns per episode. max_action_tokens: tokens the policy may generate in one turn.
+    max_seq_len: tokens one episode may take (``rollout.max_seq_len`` reads it from the config).
     step_penalty: subtracted from every step's reward (the final step adds 1 on success).
     guess_prob: probability that the demonstrator clicks the first listed item of the right name
         without checking its size: a systematic flaw that imitation copies and RL can undo.
@@ -62,6 +63,7 @@ class WebNav:
         buy_prob: float = 0.5,
         max_turns: int = 10,
         max_action_tokens: int = 32,
+        max_seq_len: int = 1024,
         step_penalty: float = 0.0,
         guess_prob: float = 0.0,
         mistake_prob: float = 0.0,
@@ -78,6 +80,7 @@ class WebNav:
         self.buy_prob = float(buy_prob)
         self.max_turns = max_turns
         self.max_action_tokens = max_action_tokens
+        self.max_seq_len = max_seq_len
         self.step_penalty = float(step_penalty)
         self.guess_prob = float(guess_prob)
         self.mistake_prob = float(mistake_prob)
@@ -282,7 +285,14 @@ class _Demonstrator:
 
 
 def _check_args(args: dict[str, Any]) -> None:
-    for key in ("num_train", "num_val", "num_test", "max_action_tokens", "page_size"):
+    for key in (
+        "num_train",
+        "num_val",
+        "num_test",
+        "max_action_tokens",
+        "page_size",
+        "max_seq_len",
+    ):
         if not isinstance(args[key], int) or args[key] < 1:
             raise ValueError(f"{key} must be an int >= 1, got {args[key]!r}")
     if not isinstance(args["max_turns"], int) or args["max_turns"] < 1:
