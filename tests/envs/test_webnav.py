@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import socket
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -332,6 +333,7 @@ def test_server_stops_after_close_and_restarts_on_use():
     assert port_open(port)
     s.close()
     assert not port_open(port)
+    assert not [t for t in threading.enumerate() if t.name == "webnav-http"]
     s.close()  # idempotent
     env = s.make()
     env.reset(s.tasks("val")[0])

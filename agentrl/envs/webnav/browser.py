@@ -56,6 +56,8 @@ FLAGS = (
     "--password-store=basic",
     "--use-mock-keychain",
 )
+# seconds a click has to start a navigation before it counts as an in-page action
+NAV_START_S = 1.0
 # copies the pipe ends onto fds 3 and 4 (where Chromium expects them), then becomes Chromium
 _TRAMPOLINE = (
     "import os, sys; a, b = int(sys.argv[1]), int(sys.argv[2]); os.dup2(a, 3); os.dup2(b, 4); "
@@ -183,10 +185,13 @@ class Chromium:
             raise BrowserError(f"Chromium is gone ({method}): {exc}") from exc
         return msg_id
 
-    def _read(self, deadline: float) -> dict:
+    def _read(self, deadline: float, quiet: bool = False) -> dict | None:
+        """The next message; at the deadline None if ``quiet``, else a BrowserError."""
         while b"\0" not in self._buf:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self._from], [], [], left)[0]:
+                if quiet:
+                    return None
                 self.broken = True
                 raise BrowserError("Chromium did not answer in time")
             chunk = os.read(self._from, 1 << 16)
@@ -212,13 +217,16 @@ class Chromium:
             if "method" in msg:
                 self._events.append(msg)
 
-    def wait_event(self, method: str, timeout: float | None = None) -> dict:
+    def wait_event(self, method: str, timeout: float | None = None, quiet: bool = False):
+        """The tab's next ``method`` event; at the timeout None if ``quiet``, else an error."""
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             for i, ev in enumerate(self._events):
                 if ev["method"] == method and ev.get("sessionId") == self.session:
                     return self._events.pop(i)
-            msg = self._read(deadline)
+            msg = self._read(deadline, quiet)
+            if msg is None:
+                return None
             if "method" in msg:
                 self._events.append(msg)
 
@@ -241,11 +249,13 @@ class Chromium:
         self.wait_event("Page.loadEventFired")
 
     def act(self, script: str) -> None:
-        """Run ``script`` (a click or a form submission) and wait for the page it loads."""
+        """Run ``script`` (a click or a form submission) and, if it starts a navigation within
+        NAV_START_S, wait for the page it loads (a script may instead change the page in place)."""
         self._events.clear()
         if not self.evaluate(script):
             raise BrowserError("the element to act on is not in the page")
-        self.wait_event("Page.loadEventFired")
+        if self.wait_event("Page.frameStartedLoading", NAV_START_S, quiet=True) is not None:
+            self.wait_event("Page.loadEventFired")
 
     _pages = itertools.count(1)
 

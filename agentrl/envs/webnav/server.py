@@ -198,6 +198,9 @@ def _int(text, default: int) -> int:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # an idle keep-alive connection (a browser's) is dropped after this many seconds, so no
+    # request thread outlives its client for long
+    timeout = 10
 
     def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
         self._serve("GET", {})
