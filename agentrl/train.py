@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from agentrl.envs.base import close_suite
 from agentrl.loggers import truncate_metrics
 from agentrl.models.factory import ModelLoadError, apply_adapter
 from agentrl.rewards.base import RewardUnavailable
@@ -113,6 +114,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(cfg.get("num_threads") or torch.get_num_threads())
     parts = build_components(cfg)
+    try:
+        return _fit(cfg, parts)
+    finally:
+        # the env's servers and browsers go on every exit path (an exception, Ctrl-C included)
+        close_suite(parts["suite"])
+
+
+def _fit(cfg: DictConfig, parts: dict) -> dict[str, float]:
     if hasattr(parts["reward"], "prepare"):
         # e.g. reward=learned trains (or loads the cached) reward model before anything else
         parts["reward"].prepare(cfg, parts["suite"])

@@ -30,6 +30,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from agentrl.envs.base import close_suite
 from agentrl.pairs import PreferencePair, env_pairs, load_pairs, pair_trajectories, ranked_pairs
 from agentrl.rewards.base import score_batch
 from agentrl.rewards.learned import LearnedReward, RewardModelModule
@@ -294,9 +295,12 @@ def train_reward_model(cfg: DictConfig) -> dict[str, float]:
     if not isinstance(reward, LearnedReward):
         raise ConfigError(f"mode=reward_model trains reward=learned, got {cfg.reward._target_}")
     suite = instantiate(cfg.env, "env")
-    reward.build(cfg, suite)
     out = Path(cfg.paths.output_dir) / "reward_model"
-    info = train(reward, cfg, suite, reward.training, out, out_dir=out)
+    try:
+        reward.build(cfg, suite)
+        info = train(reward, cfg, suite, reward.training, out, out_dir=out)
+    finally:
+        close_suite(suite)
     cached = Path(reward.cache_dir) / config_key(reward.identity(cfg))
     reward.save(cached, info)
     print(
