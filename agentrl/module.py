@@ -385,6 +385,8 @@ class AgentRLModule(L.LightningModule):
         m["rollout/failed_episodes"] = float(failed)
         m["rollout/failed_episodes_total"] = float(self.counters["failed_episodes"])
         m["rollout/reward_errors"] = float(counts["reward_errors"] + counts["reward_nonfinite"])
+        # the reward's own per-batch statistics (namespaced by the reward, e.g. reward/api_retries)
+        m.update({k: float(v) for k, v in counts.items() if "/" in k})
         m["loss/skipped_updates_total"] = float(self.counters["skipped_updates"])
         m.update({k: v for k, v in stats.items() if not k.startswith("_")})
         m.update(self.buffer.stats())
@@ -435,6 +437,8 @@ class AgentRLModule(L.LightningModule):
             "algorithm": self.algorithm.state_dict(),
             "rng": rng_state(),
         }
+        if hasattr(self.reward, "state_dict"):
+            checkpoint["agentrl"]["reward"] = self.reward.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("agentrl")
@@ -446,6 +450,8 @@ class AgentRLModule(L.LightningModule):
         if "algorithm" in state:
             self.algorithm.load_state_dict(state["algorithm"])
         set_rng_state(state["rng"])
+        if "reward" in state and hasattr(self.reward, "load_state_dict"):
+            self.reward.load_state_dict(state["reward"])
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and dm.stream is not None:
             dm.stream.position = self.rl_step

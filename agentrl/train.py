@@ -15,9 +15,11 @@ import torch
 from lightning.fabric.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, OmegaConf
 
+from agentrl.envs.base import close_suite
 from agentrl.loggers import truncate_metrics
 from agentrl.models import qlora
 from agentrl.models.factory import ModelLoadError, apply_adapter
+from agentrl.rewards.base import RewardUnavailable
 from agentrl.utils.instantiate import ConfigError, instantiate, to_container
 
 log = logging.getLogger("agentrl")
@@ -137,6 +139,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(cfg.get("num_threads") or torch.get_num_threads())
     parts = build_components(cfg)
+    try:
+        return _fit(cfg, parts)
+    finally:
+        # the env's servers and browsers go on every exit path (an exception, Ctrl-C included)
+        close_suite(parts["suite"])
+
+
+def _fit(cfg: DictConfig, parts: dict) -> dict[str, float]:
+    if hasattr(parts["reward"], "prepare"):
+        # e.g. reward=learned trains (or loads the cached) reward model before anything else
+        parts["reward"].prepare(cfg, parts["suite"])
     trainer = build_trainer(cfg)
     ckpt = resolve_checkpoint(cfg)
     policy, tokenizer = parts["model_spec"].load()
@@ -168,12 +181,20 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def main(cfg: DictConfig) -> dict[str, float]:
-    """Entry for launch.py: a configuration or model error is one line on stderr and exit 2."""
+    """Entry for launch.py: a configuration or model error is one line on stderr and exit 2;
+    a reward service that stays down under ``on_failure: stop`` is one line and exit 3."""
     try:
+        if cfg.get("mode", "rl") == "reward_model":
+            from agentrl.rewards.training import train_reward_model
+
+            return train_reward_model(cfg)
         return run(cfg)
     except (ConfigError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except RewardUnavailable as exc:
+        print(f"stopped: {exc} (the last checkpoint is intact; rerun to resume)", file=sys.stderr)
+        sys.exit(3)
 
 
 def print_config(cfg: DictConfig) -> None:

@@ -8,6 +8,9 @@ train/val/test splits, makes fresh episode envs, and ships an oracle and a verif
     suite.oracle(task, rng) -> list[str]        # a demonstration: the actions, in order
     suite.verify(task, env) -> bool             # the outcome of a finished episode
 
+A suite that holds resources (a server, a browser) releases them in ``close()``; the training
+loop and evaluation call ``close_suite`` on every exit path.
+
 Episode envs are text in, text out. ``step`` never raises on a malformed action: it returns an
 observation the agent can read (and ``info["invalid"] = True``). The turn cap is the env's.
 """
@@ -47,3 +50,10 @@ class EnvSuite(Protocol):
     def oracle(self, task: Task, rng: random.Random) -> list[str]: ...
 
     def verify(self, task: Task, env: EpisodeEnv) -> bool: ...
+
+
+def close_suite(suite: Any) -> None:
+    """Release what ``suite`` holds (its ``close()``, when it has one)."""
+    close = getattr(suite, "close", None)
+    if callable(close):
+        close()

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from agentrl.envs.base import close_suite
 from agentrl.evaluation import html
 from agentrl.evaluation.episodes import (
     Decoding,
@@ -198,6 +199,14 @@ def evaluate(cfg: DictConfig) -> Evaluation:
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     plan = Plan(cfg)
+    try:
+        return _evaluate(cfg, plan)
+    finally:
+        for suite in plan.suites:
+            close_suite(suite.env)
+
+
+def _evaluate(cfg: DictConfig, plan: Plan) -> Evaluation:
     ev = Evaluation(
         config=to_container(cfg),
         candidates=[{"label": c.label, **vars(c)} for c in plan.candidates],
