@@ -10,7 +10,8 @@ Every run gets:
 - limits (``setrlimit`` in the child before the program runs): CPU seconds (``RLIMIT_CPU``),
   address space (``RLIMIT_AS``), size of any written file (``RLIMIT_FSIZE``, which also caps
   stdout/stderr: they go to files), number of processes (``RLIMIT_NPROC``), core dumps off;
-- a wall-clock timeout; on expiry the child's whole session is killed (``SIGKILL``);
+- a wall-clock timeout; on expiry the child's whole session is killed (``SIGKILL``); with
+  ``setpriv`` (util-linux) the child also gets ``SIGKILL`` when this process dies in any way;
 - a scrubbed environment (``PATH``, ``LANG``, ``HOME`` = the working directory, nothing else: no
   secret of the parent is visible), ``python -I -S`` (no user site, no ``PYTHON*`` variables);
 - a temporary working directory, removed afterwards (directories left by a process that was
@@ -57,6 +58,8 @@ from dataclasses import dataclass, field
 log = logging.getLogger(__name__)
 
 ISOLATIONS = ("auto", "namespace", "none")
+# setpriv (util-linux) ties the child's life to this process's
+_SETPRIV = shutil.which("setpriv")
 # working directories are named <prefix><pid of the owning process>-<random>
 _PREFIX = "agentrl-sbx-"
 _MASKED_DIRS = ("/tmp", "/var/tmp", "/run/lock", "/dev/shm")
@@ -250,6 +253,9 @@ class Sandbox:
         cmd = [self.python, "-I", "-S", "-B", "-c", _BOOT, json.dumps(boot), script_path]
         if namespace:
             cmd = ["unshare", "--net", "--pid", "--mount", "--fork", "--kill-child", "--"] + cmd
+        if _SETPRIV is not None:
+            # killed with this process, even when it dies without cleaning up (SIGKILL, SIGTERM)
+            cmd = [_SETPRIV, "--pdeathsig", "KILL", "--"] + cmd
         return cmd
 
     def _run_in(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 import uuid
 
@@ -265,3 +266,27 @@ def test_workdirs_of_dead_processes_are_removed_by_the_next_sandbox(tmp_path):
     other.mkdir()
     Sandbox(base_dir=str(tmp_path), python="/usr/bin/python3")
     assert not stale.exists() and mine.exists() and other.exists()
+
+
+@needs_ns
+def test_a_running_program_dies_with_a_killed_parent(tmp_path):
+    """A training process killed by SIGKILL runs no cleanup; its sandboxed program still dies."""
+    code = (
+        "import sys\n"
+        "from agentrl.envs.sandbox import Sandbox\n"
+        f"box = Sandbox(wall_seconds=60, uid_base={UID_BASE}, base_dir={str(tmp_path)!r})\n"
+        "print('ready', flush=True)\n"
+        "box.run('import time\\ntime.sleep(60)')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+    try:
+        assert parent.stdout.readline().strip() == b"ready"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not strays():
+            time.sleep(0.1)
+        assert strays(), "the sandboxed program did not start"
+    finally:
+        parent.kill()
+        parent.wait()
+    assert strays() == []
