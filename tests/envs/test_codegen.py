@@ -24,7 +24,7 @@ SMALL = {"num_train": 300, "num_val": 40, "num_test": 40}
 @pytest.fixture(scope="module")
 def box(tmp_path_factory) -> Sandbox:
     return Sandbox(
-        cpu_seconds=1, wall_seconds=3, base_dir=str(tmp_path_factory.mktemp("sbx")), uid_base=310000
+        cpu_seconds=1, wall_seconds=3, base_dir=str(tmp_path_factory.mktemp("sbx")), uid_base=400000
     )
 
 
