@@ -382,6 +382,11 @@ class AgentRLModule(L.LightningModule):
         m["env/success_rate"] = m.pop("rollout/success_rate")
         for name in sorted({k for t in ok for k in t.reward_components}):
             m[f"reward/{name}"] = float(np.mean([t.reward_components.get(name, 0.0) for t in ok]))
+        # counters an env reports in info["metrics"] (e.g. codegen's sandbox failures): step sums
+        for name in sorted({k for t in trajs for x in t.turns for k in x.info.get("metrics", {})}):
+            m[f"env/{name}"] = float(
+                sum(x.info.get("metrics", {}).get(name, 0.0) for t in trajs for x in t.turns)
+            )
         m["rollout/failed_episodes"] = float(failed)
         m["rollout/failed_episodes_total"] = float(self.counters["failed_episodes"])
         m["rollout/reward_errors"] = float(counts["reward_errors"] + counts["reward_nonfinite"])
