@@ -90,7 +90,8 @@ def warm_start(cfg: DictConfig, parts: dict, policy, tokenizer) -> None:
     runner = EpisodeRunner(parts["engine"], chat, parts["suite"], cfg.rollout.max_seq_len)
     identity = {
         "model": to_container(cfg.model),
-        "env": to_container(cfg.env),
+        # an env with a task source (env=external) is warm-started on the source's demonstrations
+        "env": to_container(cfg.env.get("tasks") or cfg.env),
         "role": cfg.rollout.observation_role,
     }
     kwargs = {
