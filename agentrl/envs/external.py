@@ -22,6 +22,7 @@ Tasks, the warm start's demonstrations and the system prompt come from a task so
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -117,21 +118,14 @@ class _Proc:
 
 
 def kill_group(popen: subprocess.Popen) -> None:
-    """SIGKILL the program's whole process group (it was started in a session of its own)."""
-    if popen.poll() is None:
-        try:
-            os.killpg(popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    """SIGKILL the program's whole process group (it was started in a session of its own, so
+    this reaches anything it spawned that stayed in the group), then reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, signal.SIGKILL)
     try:
         popen.wait(timeout=10)
     except subprocess.TimeoutExpired:
         log.warning("agent process %d did not exit after SIGKILL", popen.pid)
-    # grandchildren the program left behind in its group
-    try:
-        os.killpg(popen.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class ExternalRunner:

@@ -149,7 +149,9 @@ class Gateway:
         self._server.gateway = self  # type: ignore[attr-defined]
         self.port = self._server.server_address[1]
         self._stop.clear()
-        t = threading.Thread(target=self._server.serve_forever, name="gateway-http", daemon=True)
+        t = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="gateway-http", daemon=True
+        )
         t.start()
         self._threads.append(t)
         return self
@@ -321,7 +323,9 @@ class Gateway:
         p.params = self._params(body, tools, room)
 
     def _params(self, body: dict, tools, room: int) -> SamplingParams:
-        want = body.get("max_completion_tokens") or body.get("max_tokens") or self.max_tokens
+        want = body.get("max_completion_tokens")
+        want = body.get("max_tokens") if want is None else want
+        want = self.max_tokens if want is None else want
         if not isinstance(want, int) or want < 1:
             raise HTTPError(400, f"max_tokens must be a positive integer, got {want!r}")
         stop = body.get("stop") or []
