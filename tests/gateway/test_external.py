@@ -187,6 +187,9 @@ def test_example_agent_trains_end_to_end(make_cfg, tmp_path):
         "warmstart.batch_size=16",
         "algorithm.group_size=4",
         "callbacks.export=null",
+        "validate_before_training=false",
+        "data.num_val_tasks=2",
+        "data.val_batch_size=2",
     ]
 
     def rows(run):
@@ -208,3 +211,27 @@ def test_example_agent_trains_end_to_end(make_cfg, tmp_path):
     assert all(float(r["gateway/segments_per_rollout"]) == 1.0 for r in a)
     assert any(float(r["rollout/reward_std"]) > 0 for r in a), "no learning signal"
     assert any(r.get("loss/grad_norm") for r in a), "no update was applied"
+
+
+def test_same_seed_same_samples_whatever_the_arrival_order(tiny, tokenizer):
+    """Each call samples with its own generator seeded from (run seed, rollout, call index), so
+    concurrent programs give the same trajectories run after run."""
+    import torch
+
+    from tests.gateway.conftest import RecordingEngine
+
+    model, _ = tiny
+    suite, runner, _ = make_runner(tokenizer, f"python {STUB} good", max_concurrency=4)
+    runner.engine = RecordingEngine()
+    runner.engine.bind(model, tokenizer)
+    tasks = suite.tasks("train")[:2]
+    params = runner.sampling(1.0, 1.0, False)
+
+    def sample(seed):
+        g = torch.Generator().manual_seed(seed)
+        trajs = runner.run([t for t in tasks for _ in range(2)], [0, 0, 1, 1], params, g)
+        return [(t.token_ids, t.logprobs) for t in trajs]
+
+    first = sample(0)
+    assert sample(0) == first
+    assert sample(1) != first
