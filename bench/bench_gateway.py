@@ -3,7 +3,7 @@
 rollout) next to the same recipe with the in-process env (``env=toolcalc``), same seed, same
 warm start (cached), same budget.
 
-    python bench/bench_gateway.py [--steps 15] [--val 100] [--out outputs/bench_gateway]
+    python bench/bench_gateway.py [--steps 10] [--val 100] [--out outputs/bench_gateway]
 
 Prints a Markdown table; paste it into docs/gateway.md with the machine it ran on.
 """
@@ -19,7 +19,12 @@ import time
 from pathlib import Path
 
 RUNS = {
-    "gateway + openai agent (env=external)": ["experiment=openai_agent"],
+    # concurrent programs' completions batched 8 at a time: the trainer's share of a busy CPU
+    # would otherwise be the bottleneck (sampling then depends on arrival order)
+    "gateway + openai agent (env=external)": [
+        "experiment=openai_agent",
+        "env.gateway.max_batch_size=8",
+    ],
     "in-process (env=toolcalc)": ["experiment=toolcalc_grpo"],
 }
 
@@ -38,7 +43,7 @@ def mean_of(run_dir: Path, key: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--val", type=int, default=100)
     ap.add_argument("--out", default="outputs/bench_gateway")
     args = ap.parse_args()

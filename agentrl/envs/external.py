@@ -132,7 +132,15 @@ class ExternalRunner:
     """Runs one agent program per task (repeat a task to sample a GRPO group) against a gateway
     that lives for the duration of ``run``. Same interface as ``EpisodeRunner``."""
 
-    COUNTERS = ("timeouts", "crashes", "missing_rewards", "no_calls", "rollouts")
+    COUNTERS = (
+        "timeouts",
+        "crashes",
+        "missing_rewards",
+        "no_calls",
+        "rollouts",
+        "bad_requests",
+        "unauthorized",
+    )
 
     def __init__(self, suite: ExternalAgent, engine, chat, max_seq_len: int):
         self.suite = suite
@@ -257,6 +265,8 @@ class ExternalRunner:
             status, error = self._judge(p, counts)
             out.extend(trajectories(p.record, p.group, self.chat.tokenizer, status, error))
         counts["rollouts"] = len(procs)
+        counts["bad_requests"] = gw.counters["bad_requests"]
+        counts["unauthorized"] = gw.counters["unauthorized"]
         for k, v in counts.items():
             self.totals[k] += v
         self.last = dict(counts)
