@@ -77,6 +77,8 @@ class ExternalAgent:
             raise ValueError(f"env.timeout_s must be > 0, got {timeout_s}")
         if max_concurrency < 1:
             raise ValueError(f"env.max_concurrency must be >= 1, got {max_concurrency}")
+        if gateway is not None:
+            gateway(engine=None, tokenizer=None)  # its settings are checked now, before compute
         argv = shlex.split(str(command))
         if argv[0] in ("python", "python3"):
             argv[0] = sys.executable

@@ -163,9 +163,33 @@ def test_bad_config_is_one_clear_error(tokenizer):
     with pytest.raises(ValueError, match="env.command"):
         ExternalAgent(command=" ", tasks=ToolCalc(num_train=5, num_val=2, num_test=2), gateway=None)
     with pytest.raises(ValueError, match="loopback"):
-        suite, runner, _ = make_runner(tokenizer, f"{sys.executable} -c pass")
-        suite.gateway_factory = functools.partial(Gateway, host="0.0.0.0")
-        run(runner, suite)
+        ExternalAgent(
+            command=f"{sys.executable} -c pass",
+            tasks=ToolCalc(num_train=5, num_val=2, num_test=2),
+            gateway=functools.partial(Gateway, host="0.0.0.0"),
+        )
+
+
+def test_cli_bad_gateway_host_is_one_line(tmp_path):
+    """`python launch.py experiment=openai_agent env.gateway.host=0.0.0.0`: exit 2, one line."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "launch.py",
+            "experiment=openai_agent",
+            "env.gateway.host=0.0.0.0",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: env: gateway host '0.0.0.0'")
 
 
 @pytest.mark.slow
