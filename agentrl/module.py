@@ -86,7 +86,12 @@ class AgentRLModule(L.LightningModule):
         self.update_micro_batch_size = update_micro_batch_size
         self.seed = seed
         self.chat = ChatFormat(tokenizer, observation_role)
-        self.runner = EpisodeRunner(engine, self.chat, suite, max_seq_len)
+        # a suite may produce its trajectories itself (env=external: agent programs via the gateway)
+        self.runner = (
+            suite.make_runner(engine, self.chat, max_seq_len)
+            if hasattr(suite, "make_runner")
+            else EpisodeRunner(engine, self.chat, suite, max_seq_len)
+        )
         self.reference = None
         self.critic = None
         if getattr(algorithm, "needs_values", False):
@@ -396,6 +401,7 @@ class AgentRLModule(L.LightningModule):
         m.update({k: v for k, v in stats.items() if not k.startswith("_")})
         m.update(self.buffer.stats())
         m["train/rl_step"] = float(self.rl_step)
+        m.update(self.runner.metrics() if hasattr(self.runner, "metrics") else {})
         return m
 
     def _log_train(self, metrics: dict[str, float]) -> None:

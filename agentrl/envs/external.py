@@ -1,0 +1,311 @@
+"""``env=external``: train an agent program we did not write, through the OpenAI-compatible gateway.
+
+Each rollout runs the user's program (``command``) as a subprocess with, in its environment:
+
+    OPENAI_BASE_URL      http://127.0.0.1:<port>/rollouts/<id>/v1   (the policy, attributed)
+    OPENAI_API_KEY       the per-run token of the gateway
+    AGENTRL_ROLLOUT_ID   <id>
+    AGENTRL_TASK         the task as JSON: id, prompt, answer, meta, system (the task source's
+                         system prompt), max_turns
+    AGENTRL_REWARD_URL   http://127.0.0.1:<port>/rollouts/<id>/reward  (POST {"reward": r})
+
+Every chat completion is recorded token-exactly by the gateway (see ``agentrl/gateway``); when
+the program exits, its calls become trajectories (consecutive calls that extend each other merge
+into one sequence). The reward is what the program reported, else ``reward_fn(task, record)``
+when configured; a rollout that timed out, crashed, made no model call or has no reward is
+marked failed and counted (``gateway/*`` metrics), never fatal. Subprocesses are killed (their
+whole process group) on every exit path.
+
+Tasks, the warm start's demonstrations and the system prompt come from a task source suite
+(``tasks``, e.g. toolcalc): ``tasks``, ``make``, ``oracle`` and ``verify`` are delegated to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from agentrl.gateway.record import RolloutRecord, trajectories
+from agentrl.gateway.server import Gateway
+from agentrl.rollout.engine import SamplingParams
+from agentrl.types import Task, Trajectory
+
+log = logging.getLogger(__name__)
+
+
+class ExternalAgent:
+    """The env suite of ``conf/env/external.yaml``.
+
+    command: the agent program (a string, split like a shell would; a leading ``python`` or
+        ``python3`` is this interpreter, so the program runs in the same environment).
+    tasks: the task source suite (built from its own ``_target_``).
+    gateway: a partial ``Gateway`` (given the engine and tokenizer at run time).
+    timeout_s: a rollout's program is killed after this many seconds (counted).
+    max_concurrency: programs running at once.
+    reward_fn: optional ``(task, record) -> float`` scoring the recorded conversation of a
+        rollout whose program reported no reward.
+    cwd: the working directory of the programs (null: this process's).
+    """
+
+    name = "external"
+
+    def __init__(
+        self,
+        command: str,
+        tasks,
+        gateway,
+        timeout_s: float = 60.0,
+        max_concurrency: int = 8,
+        reward_fn=None,
+        cwd: str | None = None,
+    ):
+        if not command or not str(command).strip():
+            raise ValueError("env.command must name the agent program to run, got nothing")
+        if timeout_s <= 0:
+            raise ValueError(f"env.timeout_s must be > 0, got {timeout_s}")
+        if max_concurrency < 1:
+            raise ValueError(f"env.max_concurrency must be >= 1, got {max_concurrency}")
+        if gateway is not None:
+            gateway(engine=None, tokenizer=None)  # its settings are checked now, before compute
+        argv = shlex.split(str(command))
+        if argv[0] in ("python", "python3"):
+            argv[0] = sys.executable
+        self.argv = argv
+        self.source = tasks
+        self.gateway_factory = gateway
+        self.timeout_s = float(timeout_s)
+        self.max_concurrency = int(max_concurrency)
+        self.reward_fn = reward_fn
+        self.cwd = cwd
+        self.system_prompt = getattr(tasks, "system_prompt", None)
+        self.max_turns = tasks.max_turns
+        self.max_action_tokens = tasks.max_action_tokens
+        self.stop_strings = list(tasks.stop_strings)
+
+    def tasks(self, split: str) -> list[Task]:
+        return self.source.tasks(split)
+
+    def make(self):
+        return self.source.make()
+
+    def oracle(self, task: Task, rng):
+        return self.source.oracle(task, rng)
+
+    def verify(self, task: Task, env) -> bool:
+        return self.source.verify(task, env)
+
+    def make_runner(self, engine, chat, max_seq_len: int) -> ExternalRunner:
+        """The module's hook: this suite produces its trajectories itself, through the gateway."""
+        return ExternalRunner(self, engine, chat, max_seq_len)
+
+
+class _Proc:
+    def __init__(self, index: int, record: RolloutRecord, group: int, popen, log_path: Path):
+        self.index, self.record, self.group = index, record, group
+        self.popen, self.log_path = popen, log_path
+        self.started = time.monotonic()
+        self.outcome: str | None = None
+
+
+def kill_group(popen: subprocess.Popen) -> None:
+    """SIGKILL the program's whole process group (it was started in a session of its own, so
+    this reaches anything it spawned that stayed in the group), then reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, signal.SIGKILL)
+    try:
+        popen.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        log.warning("agent process %d did not exit after SIGKILL", popen.pid)
+
+
+class ExternalRunner:
+    """Runs one agent program per task (repeat a task to sample a GRPO group) against a gateway
+    that lives for the duration of ``run``. Same interface as ``EpisodeRunner``."""
+
+    COUNTERS = (
+        "timeouts",
+        "crashes",
+        "missing_rewards",
+        "no_calls",
+        "rollouts",
+        "bad_requests",
+        "unauthorized",
+    )
+
+    def __init__(self, suite: ExternalAgent, engine, chat, max_seq_len: int):
+        self.suite = suite
+        self.engine = engine
+        self.chat = chat
+        self.max_seq_len = max_seq_len
+        self.totals = dict.fromkeys(self.COUNTERS, 0)
+        self.last: dict[str, float] = {}
+        self.gateway: Gateway | None = None
+
+    def sampling(self, temperature: float, top_p: float, greedy: bool) -> SamplingParams:
+        return SamplingParams(
+            max_new_tokens=self.suite.max_action_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            greedy=greedy,
+            stop_token_ids=[self.chat.end_of_turn_id],
+        )
+
+    def metrics(self) -> dict[str, float]:
+        """The last run's counts and rates, and the totals since the start (``gateway/``)."""
+        out = {f"gateway/{k}": float(v) for k, v in self.last.items()}
+        out.update({f"gateway/{k}_total": float(v) for k, v in self.totals.items()})
+        return out
+
+    def run(
+        self,
+        tasks: list[Task],
+        groups: list[int],
+        params: SamplingParams,
+        generator: torch.Generator | None = None,
+    ) -> list[Trajectory]:
+        gw = self.suite.gateway_factory(
+            engine=self.engine,
+            tokenizer=self.chat.tokenizer,
+            max_tokens=params.max_new_tokens,
+            max_seq_len=self.max_seq_len,
+        )
+        gw.sampling = params
+        gw.generator_fn = self._generators(generator)
+        self.gateway = gw
+        procs: list[_Proc] = []
+        with tempfile.TemporaryDirectory(prefix="agentrl-agents-") as tmp, gw:
+            try:
+                self._loop(gw, tasks, groups, procs, Path(tmp))
+            finally:
+                for p in procs:
+                    kill_group(p.popen)
+            return self._collect(procs, gw)
+
+    def _generators(self, generator: torch.Generator | None):
+        """A generator per (rollout, call), seeded from the run's: independent of arrival order."""
+        if generator is None:
+            return None
+        base = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        device = generator.device
+
+        def make(rollout_id: str, call: int) -> torch.Generator:
+            g = torch.Generator(device=device)
+            g.manual_seed(hash((base, int(rollout_id.rsplit("-", 1)[-1]), call)) % (2**63))
+            return g
+
+        return make
+
+    def _loop(self, gw: Gateway, tasks, groups, procs: list[_Proc], tmp: Path) -> None:
+        todo = list(enumerate(zip(tasks, groups)))
+        running: list[_Proc] = []
+        while todo or running:
+            while todo and len(running) < self.suite.max_concurrency:
+                i, (task, group) = todo.pop(0)
+                p = self._spawn(gw, i, task, group, tmp)
+                procs.append(p)
+                running.append(p)
+            gw.pump(0.02)
+            now = time.monotonic()
+            for p in list(running):
+                if p.popen.poll() is not None:
+                    p.outcome = "exited"
+                elif now - p.started > self.suite.timeout_s:
+                    kill_group(p.popen)
+                    p.outcome = "timeout"
+                else:
+                    continue
+                running.remove(p)
+        while gw.pump(0.0):  # answer anything a killed program left queued
+            pass
+
+    def _spawn(self, gw: Gateway, index: int, task: Task, group: int, tmp: Path) -> _Proc:
+        rid = f"rollout-{index}"
+        record = gw.open_rollout(rid, task)
+        payload = {
+            **asdict(task),
+            "system": self.suite.system_prompt,
+            "max_turns": self.suite.max_turns,
+        }
+        env = dict(os.environ)
+        env.update(
+            OPENAI_BASE_URL=gw.rollout_url(rid),
+            OPENAI_API_KEY=gw.token,
+            AGENTRL_ROLLOUT_ID=rid,
+            AGENTRL_TASK=json.dumps(payload, default=str),
+            AGENTRL_REWARD_URL=f"{gw.url}/rollouts/{rid}/reward",
+        )
+        log_path = tmp / f"{rid}.log"
+        with open(log_path, "wb") as out:
+            popen = subprocess.Popen(
+                self.suite.argv,
+                env=env,
+                cwd=self.suite.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return _Proc(index, record, group, popen, log_path)
+
+    def _collect(self, procs: list[_Proc], gw: Gateway) -> list[Trajectory]:
+        counts = dict.fromkeys(self.COUNTERS, 0)
+        out: list[Trajectory] = []
+        for p in sorted(procs, key=lambda q: q.index):
+            gw.close_rollout(p.record.id)
+            status, error = self._judge(p, counts)
+            out.extend(trajectories(p.record, p.group, self.chat.tokenizer, status, error))
+        counts["rollouts"] = len(procs)
+        counts["bad_requests"] = gw.counters["bad_requests"]
+        counts["unauthorized"] = gw.counters["unauthorized"]
+        for k, v in counts.items():
+            self.totals[k] += v
+        self.last = dict(counts)
+        n = max(len(procs), 1)
+        self.last["segments_per_rollout"] = len(out) / n
+        self.last["calls_per_rollout"] = sum(len(p.record.calls) for p in procs) / n
+        return out
+
+    def _judge(self, p: _Proc, counts: dict) -> tuple[str, str | None]:
+        """The rollout's status and error, its reward filled; counts what went wrong."""
+        rec = p.record
+        if p.outcome == "timeout":
+            counts["timeouts"] += 1
+            return "failed", f"agent: timed out after {self.suite.timeout_s:g}s"
+        code = p.popen.returncode
+        if code != 0:
+            counts["crashes"] += 1
+            return "failed", f"agent: exited with code {code}: {_tail(p.log_path)}"
+        if not rec.calls:
+            counts["no_calls"] += 1
+            return "failed", "agent: made no model call"
+        if rec.reward is None and self.suite.reward_fn is not None:
+            try:
+                rec.reward = float(self.suite.reward_fn(rec.task, rec))
+            except Exception as exc:
+                log.warning("reward_fn failed on %s: %r", rec.task.id, exc)
+        if rec.reward is None:
+            counts["missing_rewards"] += 1
+            return "failed", "agent: reported no reward"
+        if rec.success is None:
+            rec.success = rec.reward > 0
+        return "ok", None
+
+
+def _tail(path: Path, n: int = 300) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return text[-n:].replace("\n", " | ")

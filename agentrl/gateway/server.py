@@ -1,0 +1,554 @@
+"""An OpenAI-compatible HTTP endpoint that serves the current policy through the rollout engine.
+
+Routes (``/rollouts/<id>`` in front attributes a request to a rollout; so does the
+``X-AgentRL-Rollout`` header):
+
+    GET  /v1/models                       the one model served
+    POST /v1/chat/completions             messages, tools, temperature, top_p, max_tokens, stop,
+                                          logprobs, stream (server-sent events)
+    POST /rollouts/<id>/reward            {"reward": float, "success": bool (optional)}
+
+Threads: HTTP requests are parsed on the server's threads and queued; ``pump`` (called by the
+thread that owns the engine, the training thread) renders and tokenizes them, generates them in
+batches of up to ``max_batch_size`` (requests with the same sampling settings together), records
+them and wakes the waiting request threads. Neither the engine nor the tokenizer is touched from
+any other thread. ``serve_in_thread`` runs ``pump`` on a thread of its own for standalone use.
+
+Security: the server binds only to a loopback address unless ``allow_remote`` is set, answers
+only loopback peers unless ``allow_remote``, and requires ``Authorization: Bearer <token>`` (a
+random per-run token unless given) on every route (401 otherwise). The token is never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import queue
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import torch
+
+from agentrl.gateway.record import CallRecord, RolloutRecord
+from agentrl.gateway.toolcalls import TagFormat
+from agentrl.rollout.engine import SamplingParams
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 8 * 2**20
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class _Pending:
+    """A queued completion request; ``done`` is set once ``result`` or ``error`` is filled."""
+
+    body: dict
+    rollout: RolloutRecord | None
+    done: threading.Event
+    result: dict | None = None
+    error: HTTPError | None = None
+    prompt_ids: list[int] | None = None
+    params: SamplingParams | None = None
+    tools: list | None = None
+
+
+class Gateway:
+    """engine: a RolloutEngine (``generate(prompts, params, generator)``), already bound;
+    tokenizer: the policy's (its chat template renders the messages).
+
+    tool_format: TagFormat / HermesFormat (see toolcalls.py).
+    max_tokens: the most tokens one completion may generate (a request may ask for fewer).
+    max_seq_len: a prompt that leaves no room under this is refused (400, context length).
+    max_batch_size: completions generated in one engine call (1 = one at a time, each with its own
+        seeded generator: results then do not depend on arrival order).
+    batch_window_s: how long the first queued request waits for others to batch with.
+    request_timeout_s: a request not served by then gets 503.
+    """
+
+    model_name = "agentrl-policy"
+
+    def __init__(
+        self,
+        engine,
+        tokenizer,
+        tool_format=None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        allow_remote: bool = False,
+        max_tokens: int = 256,
+        max_seq_len: int = 2048,
+        max_batch_size: int = 1,
+        batch_window_s: float = 0.01,
+        request_timeout_s: float = 300.0,
+    ):
+        if not allow_remote and not is_loopback(host):
+            raise ValueError(
+                f"gateway host {host!r} is not a loopback address: the policy would be exposed "
+                "to the network; set allow_remote=true to do that on purpose"
+            )
+        if max_batch_size < 1:
+            raise ValueError(f"gateway max_batch_size must be >= 1, got {max_batch_size}")
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.tool_format = tool_format or TagFormat()
+        self.host, self.port = host, port
+        self.token = token or secrets.token_urlsafe(24)
+        self.allow_remote = allow_remote
+        self.max_tokens = max_tokens
+        self.max_seq_len = max_seq_len
+        self.max_batch_size = max_batch_size
+        self.batch_window_s = batch_window_s
+        self.request_timeout_s = request_timeout_s
+        # sampling the run imposes (temperature, top_p, greedy); None honours each request's
+        self.sampling: SamplingParams | None = None
+        # (rollout id, call index) -> a torch.Generator, or None for the engine's default
+        self.generator_fn: Callable[[str, int], torch.Generator | None] | None = None
+        self.rollouts: dict[str, RolloutRecord] = {}
+        self.counters = {"requests": 0, "unauthorized": 0, "bad_requests": 0}
+        self._queue: queue.Queue[_Pending] = queue.Queue()
+        self._server: ThreadingHTTPServer | None = None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._ids = 0
+
+    # ----------------------------------------------------------------- lifecycle
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> Gateway:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        server_cls = type("_Server", (ThreadingHTTPServer,), {"address_family": family})
+        self._server = server_cls((self.host, self.port), _Handler)
+        self._server.daemon_threads = True
+        self._server.gateway = self  # type: ignore[attr-defined]
+        self.port = self._server.server_address[1]
+        self._stop.clear()
+        t = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="gateway-http", daemon=True
+        )
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def serve_in_thread(self) -> Gateway:
+        """Run ``pump`` on its own thread (standalone serving: nothing else uses the engine)."""
+        t = threading.Thread(target=self._pump_forever, name="gateway-engine", daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def _pump_forever(self) -> None:
+        while not self._stop.is_set():
+            self.pump(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads = []
+        while True:  # anything still queued is answered, never left hanging
+            try:
+                p = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            p.error = HTTPError(503, "the gateway is shutting down", "server_error")
+            p.done.set()
+
+    def __enter__(self) -> Gateway:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------- rollouts
+    def open_rollout(self, rollout_id: str, task) -> RolloutRecord:
+        rec = RolloutRecord(rollout_id, task)
+        self.rollouts[rollout_id] = rec
+        return rec
+
+    def close_rollout(self, rollout_id: str) -> RolloutRecord:
+        return self.rollouts.pop(rollout_id)
+
+    def rollout_url(self, rollout_id: str) -> str:
+        return f"{self.url}/rollouts/{rollout_id}/v1"
+
+    # ----------------------------------------------------------------- HTTP side
+    def authorized(self, header: str | None) -> bool:
+        if not header or not header.startswith("Bearer "):
+            return False
+        return hmac.compare_digest(header[7:].strip().encode(), self.token.encode())
+
+    def submit(self, body: dict, rollout: RolloutRecord | None) -> dict:
+        """Queue one completion and wait for it (called on an HTTP thread)."""
+        p = _Pending(body, rollout, threading.Event())
+        self._queue.put(p)
+        if not p.done.wait(self.request_timeout_s):
+            raise HTTPError(503, "the policy did not answer in time", "server_error")
+        if p.error is not None:
+            raise p.error
+        return p.result
+
+    def report(self, rollout: RolloutRecord, body: dict) -> None:
+        reward = body.get("reward")
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+            raise HTTPError(400, f"reward must be a number, got {reward!r}")
+        if not math.isfinite(reward):
+            raise HTTPError(400, f"reward must be finite, got {reward!r}")
+        success = body.get("success")
+        if success is not None and not isinstance(success, bool):
+            raise HTTPError(400, f"success must be true or false, got {success!r}")
+        with rollout.lock:
+            rollout.reward = float(reward)
+            rollout.success = success
+
+    # ----------------------------------------------------------------- engine side
+    def pump(self, timeout: float = 0.05) -> int:
+        """Serve the queued completions (blocking up to ``timeout`` for the first one); returns
+        how many were served. Call it from the thread that owns the engine."""
+        try:
+            first = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return 0
+        batch = [first]
+        deadline = time.monotonic() + self.batch_window_s
+        while len(batch) < self.max_batch_size:
+            left = deadline - time.monotonic()
+            try:
+                batch.append(
+                    self._queue.get(timeout=max(left, 0)) if left > 0 else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                break
+        ready = []
+        for p in batch:
+            try:
+                self._prepare(p)
+                ready.append(p)
+            except HTTPError as exc:
+                p.error = exc
+                p.done.set()
+            except Exception as exc:  # a template or tokenizer error on odd input
+                p.error = HTTPError(400, f"cannot render the messages: {type(exc).__name__}: {exc}")
+                p.done.set()
+        while ready:
+            params = ready[0].params
+            same = [p for p in ready if p.params == params]
+            ready = [p for p in ready if p.params != params]
+            self._generate(same, params)
+        return len(batch)
+
+    def _generate(self, batch: list[_Pending], params: SamplingParams) -> None:
+        indices = []
+        for p in batch:  # the call index of each request inside its rollout, in serving order
+            if p.rollout is None:
+                indices.append(-1)
+            else:
+                indices.append(p.rollout.requests)
+                p.rollout.requests += 1
+        gen = None
+        if self.generator_fn is not None and batch[0].rollout is not None:
+            gen = self.generator_fn(batch[0].rollout.id, indices[0])
+        try:
+            outs = self.engine.generate([p.prompt_ids for p in batch], params, gen)
+        except Exception as exc:
+            log.warning("gateway: the engine failed: %r", exc)
+            for p in batch:
+                p.error = HTTPError(500, f"generation failed: {type(exc).__name__}", "server_error")
+                p.done.set()
+            return
+        for p, k, out in zip(batch, indices, outs):
+            p.result = self._finish(p, k, out)
+            p.done.set()
+
+    def _prepare(self, p: _Pending) -> None:
+        body = p.body
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise HTTPError(400, "messages must be a non-empty list")
+        if any(not isinstance(m, dict) or "role" not in m for m in messages):
+            raise HTTPError(400, "each message must be an object with a role")
+        if body.get("n", 1) != 1:
+            raise HTTPError(400, "only n=1 is supported")
+        tools = body.get("tools") or None
+        if tools is not None and not isinstance(tools, list):
+            raise HTTPError(400, "tools must be a list")
+        if body.get("tool_choice") == "none":
+            tools = None
+        p.tools = tools
+        fmt = self.tool_format
+        text = self.tokenizer.apply_chat_template(
+            fmt.render(messages, tools),
+            tokenize=False,
+            add_generation_prompt=True,
+            **fmt.template_kwargs(tools),
+        )
+        # the one tokenization of this call: the prompt ids the engine sees and the record holds
+        p.prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        room = self.max_seq_len - len(p.prompt_ids)
+        if room < 1:
+            raise HTTPError(
+                400,
+                f"the prompt has {len(p.prompt_ids)} tokens; the context is {self.max_seq_len}",
+            )
+        p.params = self._params(body, tools, room)
+
+    def _params(self, body: dict, tools, room: int) -> SamplingParams:
+        want = body.get("max_completion_tokens")
+        want = body.get("max_tokens") if want is None else want
+        want = self.max_tokens if want is None else want
+        if not isinstance(want, int) or want < 1:
+            raise HTTPError(400, f"max_tokens must be a positive integer, got {want!r}")
+        stop = body.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else list(stop)
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise HTTPError(400, "stop must be a string or a list of non-empty strings")
+        base = SamplingParams(
+            max_new_tokens=min(want, self.max_tokens, room),
+            stop_token_ids=[self.tokenizer.eos_token_id],
+            stop_strings=stop + self.tool_format.stop_strings(tools),
+        )
+        if self.sampling is not None:
+            # the run's sampling: the loss is computed with the same tempered log-probs
+            return replace(
+                base,
+                temperature=self.sampling.temperature,
+                top_p=self.sampling.top_p,
+                greedy=self.sampling.greedy,
+            )
+        temperature = body.get("temperature", 1.0)
+        top_p = body.get("top_p", 1.0)
+        for name, v in (("temperature", temperature), ("top_p", top_p)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise HTTPError(400, f"{name} must be a number >= 0, got {v!r}")
+        if not 0 < top_p <= 1:
+            raise HTTPError(400, f"top_p must be in (0, 1], got {top_p!r}")
+        return replace(
+            base,
+            temperature=float(temperature) or 1.0,
+            top_p=float(top_p),
+            greedy=temperature == 0,
+        )
+
+    def _finish(self, p: _Pending, k: int, out) -> dict:
+        eos = self.tokenizer.eos_token_id
+        ids = [i for i in out.token_ids if i != eos]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        self._ids += 1
+        cid = f"chatcmpl-{self._ids}"
+        prefix = f"call_{p.rollout.id if p.rollout else 'x'}_{k if k >= 0 else self._ids}"
+        content, calls = self.tool_format.parse(text, p.tools, prefix)
+        if p.rollout is not None:
+            p.rollout.add(
+                CallRecord(
+                    list(p.prompt_ids),
+                    list(out.token_ids),
+                    list(out.logprobs),
+                    out.finish,
+                    text,
+                    calls,
+                    p.body["messages"],
+                )
+            )
+        finish = "tool_calls" if calls else ("length" if out.finish == "length" else "stop")
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = calls
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+        choice["logprobs"] = self._logprobs(out) if p.body.get("logprobs") else None
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": len(p.prompt_ids),
+                "completion_tokens": len(out.token_ids),
+                "total_tokens": len(p.prompt_ids) + len(out.token_ids),
+            },
+            "_token_texts": [
+                self.tokenizer.decode([i], skip_special_tokens=True) for i in out.token_ids
+            ],
+        }
+
+    def _logprobs(self, out) -> dict:
+        content = []
+        for i, lp in zip(out.token_ids, out.logprobs):
+            tok = self.tokenizer.decode([i], skip_special_tokens=False)
+            content.append(
+                {"token": tok, "logprob": lp, "bytes": list(tok.encode()), "top_logprobs": []}
+            )
+        return {"content": content}
+
+
+def _route(path: str) -> tuple[str | None, str]:
+    """'/rollouts/<id>/v1/x' -> ('<id>', '/v1/x'); '/v1/x' -> (None, '/v1/x')."""
+    path = path.split("?", 1)[0].rstrip("/")
+    if path.startswith("/rollouts/"):
+        rest = path[len("/rollouts/") :]
+        rid, _, tail = rest.partition("/")
+        return rid, "/" + tail
+    return None, path
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "agentrl-gateway"
+
+    def log_message(self, fmt, *args):  # the request line only; headers (the token) never
+        log.debug("gateway %s: " + fmt, self.client_address[0], *args)
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.server.gateway  # type: ignore[attr-defined]
+
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        gw = self.gateway
+        try:
+            if not gw.allow_remote and not is_loopback(self.client_address[0]):
+                raise HTTPError(403, "only local connections are accepted", "permission_error")
+            body = self._body() if method == "POST" else {}
+            if not gw.authorized(self.headers.get("Authorization")):
+                gw.counters["unauthorized"] += 1
+                raise HTTPError(401, "missing or wrong bearer token", "authentication_error")
+            rid, path = _route(self.path)
+            rid = rid or self.headers.get("X-AgentRL-Rollout")
+            rollout = None
+            if rid is not None:
+                rollout = gw.rollouts.get(rid)
+                if rollout is None:
+                    raise HTTPError(404, f"no open rollout {rid!r}", "not_found_error")
+            if method == "GET" and path == "/v1/models":
+                self._json(
+                    200,
+                    {
+                        "object": "list",
+                        "data": [
+                            {
+                                "id": gw.model_name,
+                                "object": "model",
+                                "created": 0,
+                                "owned_by": "agentrl",
+                            }
+                        ],
+                    },
+                )
+            elif method == "POST" and path == "/v1/chat/completions":
+                gw.counters["requests"] += 1
+                result = gw.submit(body, rollout)
+                if body.get("stream"):
+                    self._stream(result, body)
+                else:
+                    result.pop("_token_texts", None)
+                    self._json(200, result)
+            elif method == "POST" and path == "/reward" and rollout is not None:
+                gw.report(rollout, body)
+                self._json(200, {"ok": True})
+            else:
+                raise HTTPError(404, f"no route {method} {path}", "not_found_error")
+        except HTTPError as exc:
+            if exc.status == 400:
+                gw.counters["bad_requests"] += 1
+            self._json(exc.status, {"error": {"message": exc.message, "type": exc.kind}})
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _body(self) -> dict:
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError as exc:
+            raise HTTPError(400, "bad Content-Length") from exc
+        if length > MAX_BODY:
+            raise HTTPError(413, f"request body over {MAX_BODY} bytes")
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError as exc:
+            raise HTTPError(400, f"the body is not JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise HTTPError(400, "the body must be a JSON object")
+        return body
+
+    def _json(self, status: int, obj: dict) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _chunk(self, obj) -> None:
+        data = ("data: " + (obj if isinstance(obj, str) else json.dumps(obj)) + "\n\n").encode()
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _stream(self, result: dict, body: dict) -> None:
+        """Server-sent events in OpenAI's chunk format. The engine returns a whole generation, so
+        the chunks are sent once it is done: one per generated token of plain content."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        choice = result["choices"][0]
+        message = choice["message"]
+        head = {k: result[k] for k in ("id", "created", "model")}
+
+        def chunk(delta: dict, finish=None, logprobs=None) -> dict:
+            c = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
+            return {**head, "object": "chat.completion.chunk", "choices": [c]}
+
+        self._chunk(chunk({"role": "assistant", "content": ""}))
+        pieces = result["_token_texts"]
+        if message.get("tool_calls") or "".join(pieces) != (message["content"] or ""):
+            pieces = [message["content"]] if message["content"] else []
+        lps = (choice["logprobs"] or {}).get("content") or []
+        for n, piece in enumerate(pieces):
+            lp = {"content": [lps[n]]} if len(lps) == len(pieces) and lps else None
+            self._chunk(chunk({"content": piece}, logprobs=lp))
+        for i, call in enumerate(message.get("tool_calls") or []):
+            self._chunk(chunk({"tool_calls": [{"index": i, **call}]}))
+        self._chunk(chunk({}, finish=choice["finish_reason"]))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            self._chunk(
+                {**head, "object": "chat.completion.chunk", "choices": [], "usage": result["usage"]}
+            )
+        self._chunk("[DONE]")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
