@@ -112,6 +112,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(cfg.get("num_threads") or torch.get_num_threads())
     parts = build_components(cfg)
+    try:
+        return fit(cfg, parts)
+    finally:
+        # envs that own resources (servers, browsers, sandboxes) release them on every exit path
+        if hasattr(parts["suite"], "close"):
+            parts["suite"].close()
+
+
+def fit(cfg: DictConfig, parts: dict) -> dict[str, float]:
+    """Model, warm start, module and trainer.fit for the built components."""
     trainer = build_trainer(cfg)
     ckpt = resolve_checkpoint(cfg)
     policy, tokenizer = parts["model_spec"].load()
