@@ -8,6 +8,12 @@ train/val/test splits, makes fresh episode envs, and ships an oracle and a verif
     suite.oracle(task, rng) -> list[str]        # a demonstration: the actions, in order
     suite.verify(task, env) -> bool             # the outcome of a finished episode
 
+Optional, for suites that own resources or count their own faults::
+
+    suite.close()                               # release servers, browsers, sandboxes; run()
+                                                # calls it on every exit path (idempotent)
+    suite.metrics(trajectories) -> dict         # extra counts logged each step (``env/...``)
+
 Episode envs are text in, text out. ``step`` never raises on a malformed action: it returns an
 observation the agent can read (and ``info["invalid"] = True``). The turn cap is the env's.
 """

@@ -17,6 +17,7 @@ import ast
 import json
 import math
 import operator
+import random
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,3 +183,13 @@ def format_number(x: int | float) -> str:
     if isinstance(x, float) and x.is_integer():
         x = int(x)
     return str(x)
+
+
+def mistype(n: int, rng: random.Random) -> int:
+    """``n`` with one digit replaced by a different one (no new leading zero)."""
+    digits = str(abs(n))
+    pos = rng.randrange(len(digits))
+    banned = {digits[pos]} | ({"0"} if pos == 0 and len(digits) > 1 else set())
+    new = rng.choice([d for d in "0123456789" if d not in banned])
+    out = int(digits[:pos] + new + digits[pos + 1 :])
+    return -out if n < 0 else out

@@ -43,6 +43,7 @@ from agentrl.envs.toolcalls import (
     answer_action,
     calculator,
     format_number,
+    mistype,
     parse_action,
     tool_call,
     tool_response,
@@ -356,7 +357,7 @@ class ToolUse:
             acts += [tool_call("calc", expression=f"{n}*{m['price']}")]
         answer = task.answer
         if rng.random() < self.mistake_prob:
-            answer = _typo(int(answer), rng)
+            answer = mistype(int(answer), rng)
         return acts + [answer_action(answer)]
 
     def _price_calls(self, task: Task, item: str) -> list[str]:
@@ -413,17 +414,6 @@ class ToolUse:
             answer=format_number(answer),
             meta=meta,
         )
-
-
-def _typo(n: int, rng: random.Random) -> int:
-    """``n`` with one digit replaced by a different one."""
-    digits = str(abs(n))
-    pos = rng.randrange(len(digits))
-    banned = {digits[pos]} | ({"0"} if pos == 0 and len(digits) > 1 else set())
-    out = int(
-        digits[:pos] + rng.choice([d for d in "0123456789" if d not in banned]) + digits[pos + 1 :]
-    )
-    return -out if n < 0 else out
 
 
 def _check_args(args: dict[str, Any]) -> None:
