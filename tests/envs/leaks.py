@@ -6,7 +6,7 @@
         suite.close()
 
 ``no_leaks`` snapshots this process's child processes (recursive), its open inet sockets
-(listening or connected) and its live threads, runs the block, then waits up to ``grace_s`` for
+(listening or connected) and its live threads (but ``LIBRARY_THREADS``), runs the block, then waits up to ``grace_s`` for
 everything new to disappear, and fails naming what is left. ``port_closed`` says whether nothing
 accepts connections on a local port any more.
 """
@@ -20,6 +20,9 @@ import time
 
 import psutil
 
+# process-wide threads that libraries start once and keep (not an env's to release)
+LIBRARY_THREADS = ("tqdm_monitor",)
+
 
 def snapshot() -> dict[str, set]:
     """What this process holds now: child pids, inet sockets, thread idents."""
@@ -30,7 +33,11 @@ def snapshot() -> dict[str, set]:
             if p.status() != psutil.STATUS_ZOMBIE:
                 children.add((p.pid, " ".join(p.cmdline()[:3])))
     sockets = {(c.fd, c.laddr, c.raddr or None, c.status) for c in me.net_connections(kind="inet")}
-    threads = {(t.ident, t.name) for t in threading.enumerate() if t.is_alive()}
+    threads = {
+        (t.ident, t.name)
+        for t in threading.enumerate()
+        if t.is_alive() and t.name not in LIBRARY_THREADS
+    }
     return {"processes": children, "sockets": sockets, "threads": threads}
 
 

@@ -31,7 +31,9 @@ def test_tooluse_experiment_runs_and_releases_the_service(make_cfg, tmp_path):
         "env.num_val=8",
         "env.num_test=8",
         "env.max_turns=3",
+        "env.max_action_tokens=40",
         "env.error_rate=0.5",
+        "algorithm.group_size=2",
     )
     with no_leaks():
         run(cfg)
@@ -51,6 +53,7 @@ def test_reasoning_gym_experiment_runs(make_cfg, tmp_path):
         "env.num_train=50",
         "env.num_val=8",
         "env.num_test=8",
+        "algorithm.group_size=2",
     )
     run(cfg)
     rows = metric_rows(tmp_path / "run")

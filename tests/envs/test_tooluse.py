@@ -362,3 +362,29 @@ def test_config_instantiates_with_code_defaults():
 def test_bad_config_values(override, message):
     with pytest.raises(ValueError, match=message):
         ToolUse(**{**SMALL, **override})
+
+
+def test_same_seed_same_observations_under_faults():
+    def transcript(seed):
+        with ToolUse(seed=seed, error_rate=0.3, timeout_rate=0.1, timeout_s=0.1, **SMALL) as s:
+            rng = random.Random(0)
+            return [
+                [obs for obs, *_ in play(s, t, s.oracle(t, rng))[1]] for t in s.tasks("val")[:15]
+            ]
+
+    assert transcript(2) == transcript(2)
+
+
+@pytest.mark.parametrize("crash", [KeyboardInterrupt, RuntimeError])
+def test_run_closes_the_service_when_training_crashes(make_cfg, monkeypatch, crash):
+    from agentrl import train
+
+    def crashing_fit(cfg, parts):
+        parts["suite"].make()  # the price service is up
+        assert parts["suite"].service.alive
+        raise crash("simulated crash (Ctrl-C or a bug) in the middle of training")
+
+    monkeypatch.setattr(train, "fit", crashing_fit)
+    cfg = make_cfg("env=tooluse", "env.num_train=20", "env.num_val=5", "env.num_test=5")
+    with no_leaks(), pytest.raises(crash):
+        train.run(cfg)
