@@ -248,7 +248,7 @@ class ToolUse:
         timeout_rate: fraction of price requests held back past the client's timeout.
         timeout_s: the client's timeout on a price request.
         restart_service: a service found dead when an episode starts is restarted (counted in
-            ``env/service_restarts``); false leaves it down (every price call then fails).
+            ``env/service_restarts_total``); false leaves it down (every price call then fails).
         skip_convert_prob: probability that the demonstrator skips the unit converter on a weight
             or length task and answers in kg or m (the oracle's deliberate flaw).
         mistake_prob: probability that a demonstration ends with a mistyped answer.
@@ -376,7 +376,7 @@ class ToolUse:
             f"env/tool_errors_{k}": float(kinds.count(k))
             for k in ("http", "timeout", "unreachable", "tool")
         }
-        out["env/service_restarts"] = float(max(self.service_starts - 1, 0))
+        out["env/service_restarts_total"] = float(max(self.service_starts - 1, 0))
         return out
 
     # ---------------------------------------------------------------- tasks

@@ -39,7 +39,7 @@ def test_tooluse_experiment_runs_and_releases_the_service(make_cfg, tmp_path):
         run(cfg)
     rows = metric_rows(tmp_path / "run")
     train = [r for r in rows if "env/tool_errors_http" in r]
-    assert len(train) == 2 and all("env/service_restarts" in r for r in train)
+    assert len(train) == 2 and all("env/service_restarts_total" in r for r in train)
     assert any("val/success_rate" in r for r in rows)
 
 

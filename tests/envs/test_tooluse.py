@@ -307,7 +307,7 @@ def test_service_dying_mid_episode_then_restarted(suite):
     env.step(answer_action(task.answer))
     assert suite.verify(task, env)  # the episode still ends normally
     suite.make()  # the next episode restarts it, counted
-    assert suite.service.alive and suite.metrics([])["env/service_restarts"] == 1.0
+    assert suite.service.alive and suite.metrics([])["env/service_restarts_total"] == 1.0
 
 
 def test_service_left_down_when_restart_is_off():
