@@ -5,7 +5,7 @@ this file) names it with ``_target_``; Hydra finds that config through its searc
 agentrl's instantiate allow-list admits the module through ``AGENTRL_EXTRA_TARGETS``::
 
     PYTHONPATH=examples/my_env AGENTRL_EXTRA_TARGETS=guess_number. \\
-        python launch.py hydra.searchpath=[file://examples/my_env/conf] env=my_env debug=smoke
+        python launch.py 'hydra.searchpath=[file://examples/my_env/conf]' env=my_env debug=smoke
 
 It follows agentrl's Env contract (agentrl/envs/base.py): a suite with seeded train/val/test
 tasks, ``make()`` for episode envs, an oracle (binary search) and a verifier; a malformed action
