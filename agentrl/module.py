@@ -400,6 +400,8 @@ class AgentRLModule(L.LightningModule):
         m["loss/skipped_updates_total"] = float(self.counters["skipped_updates"])
         m.update({k: v for k, v in stats.items() if not k.startswith("_")})
         m.update(self.buffer.stats())
+        if hasattr(self.suite, "metrics"):  # env-specific counts (tool faults, ...), env/<name>
+            m.update(self.suite.metrics(trajs))
         m["train/rl_step"] = float(self.rl_step)
         m.update(self.runner.metrics() if hasattr(self.runner, "metrics") else {})
         return m

@@ -144,13 +144,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     torch.set_num_threads(cfg.get("num_threads") or torch.get_num_threads())
     parts = build_components(cfg)
     try:
-        return _fit(cfg, parts)
+        return fit(cfg, parts)
     finally:
         # the env's servers and browsers go on every exit path (an exception, Ctrl-C included)
         close_suite(parts["suite"])
 
 
-def _fit(cfg: DictConfig, parts: dict) -> dict[str, float]:
+def fit(cfg: DictConfig, parts: dict) -> dict[str, float]:
+    """Model, warm start, module and trainer.fit for the built components."""
     if hasattr(parts["reward"], "prepare"):
         # e.g. reward=learned trains (or loads the cached) reward model before anything else
         parts["reward"].prepare(cfg, parts["suite"])

@@ -8,8 +8,12 @@ train/val/test splits, makes fresh episode envs, and ships an oracle and a verif
     suite.oracle(task, rng) -> list[str]        # a demonstration: the actions, in order
     suite.verify(task, env) -> bool             # the outcome of a finished episode
 
-A suite that holds resources (a server, a browser) releases them in ``close()``; the training
-loop and evaluation call ``close_suite`` on every exit path.
+Optional, for suites that own resources or count their own faults::
+
+    suite.close()                               # release servers, browsers, sandboxes (idempotent);
+                                                # training and evaluation call ``close_suite``
+                                                # on every exit path
+    suite.metrics(trajectories) -> dict         # extra counts logged each step (``env/...``)
 
 Episode envs are text in, text out. ``step`` never raises on a malformed action: it returns an
 observation the agent can read (and ``info["invalid"] = True``). The turn cap is the env's.
