@@ -9,8 +9,8 @@ overrides (``--steps`` RL steps of ``--tasks`` tasks, validation on ``--val`` he
 ``--every`` steps and before RL), one run at a time, in ``--out/<algo>`` (Hydra's run dir). The
 warm start is cached (``AGENTRL_CACHE``) and shared by every run, since the model, env and
 warm-start settings are the same. Each run's validation curve and wall time go into
-``--out/<algo>/result.json`` (merged into ``--out/summary.json``); the plot into ``--plot``; the Markdown table is printed and written to
-``--table``.
+``--out/<algo>/result.json`` (merged into ``--out/summary.json`` and copied beside the table
+as JSON); the plot into ``--plot``; the Markdown table is printed and written to ``--table``.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def plot(results: dict[str, dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for algo in ALGOS:
         r = results.get(algo)
         if r and r.get("val_steps"):
@@ -105,7 +105,7 @@ def plot(results: dict[str, dict], path: Path, title: str) -> None:
     ax.set_xlabel("RL step")
     ax.set_ylabel("validation success (%)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", ncol=3, fontsize=8)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -155,6 +155,8 @@ def main() -> None:
             run_one(algo, args)
     results = collect(Path(args.out))
     (Path(args.out) / "summary.json").write_text(json.dumps(results, indent=1))
+    # the measured curves, kept beside the table (the run directories are not committed)
+    Path(args.table).with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     title = (
         f"toolcalc, tiny model: {args.steps} RL steps x {args.tasks} tasks, "
         f"validation on {args.val} held-out tasks (greedy)"
