@@ -305,3 +305,40 @@ def pair_trajectories(runner, pair: PreferencePair) -> tuple[Trajectory, Traject
     return runner.demonstration(pair.task, pair.chosen), runner.demonstration(
         pair.task, pair.rejected
     )
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agentrl.pairs --env conf/env/toolcalc.yaml --n 1000 --out pairs.jsonl``: env
+    pairs for the first ``--n`` tasks of a split, written as JSONL (for ``algorithm.pairs=file``
+    or a reward model). Only actions are written, so the tokenizer used to replay them (the tiny
+    one) does not matter."""
+    import argparse
+
+    from omegaconf import OmegaConf
+
+    from agentrl.models.tokenizer import load_tiny_tokenizer
+    from agentrl.rollout.chat import ChatFormat
+    from agentrl.rollout.runner import EpisodeRunner
+    from agentrl.utils.instantiate import instantiate
+
+    p = argparse.ArgumentParser(prog="python -m agentrl.pairs", description=main.__doc__)
+    p.add_argument("--env", required=True, help="an env config, e.g. conf/env/toolcalc.yaml")
+    p.add_argument("--split", default="train")
+    p.add_argument("--n", type=int, default=1000, help="tasks (from the start of the split)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    suite = instantiate(OmegaConf.load(args.env), "env")
+    runner = EpisodeRunner(None, ChatFormat(load_tiny_tokenizer()), suite, max_seq_len=1 << 20)
+    tasks = suite.tasks(args.split)[: args.n]
+    pairs, counts = env_pairs(suite, runner, tasks, random.Random(args.seed))
+    n = save_pairs(pairs, args.out)
+    print(f"wrote {n} pairs for {len(tasks)} tasks to {args.out} (skipped: {counts})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,8 +9,8 @@ overrides (``--steps`` RL steps of ``--tasks`` tasks, validation on ``--val`` he
 ``--every`` steps and before RL), one run at a time, in ``--out/<algo>`` (Hydra's run dir). The
 warm start is cached (``AGENTRL_CACHE``) and shared by every run, since the model, env and
 warm-start settings are the same. Each run's validation curve and wall time go into
-``--out/summary.json``; the plot into ``--plot``; the Markdown table is printed and written to
-``--table``.
+``--out/<algo>/result.json`` (merged into ``--out/summary.json`` and copied beside the table
+as JSON); the plot into ``--plot``; the Markdown table is printed and written to ``--table``.
 """
 
 from __future__ import annotations
@@ -71,11 +71,24 @@ def run_one(algo: str, args) -> dict:
         result["val_steps"] = [int(s) for s in steps]
         result["val_success"] = vals
         _, train = series(rows, "env/success_rate")
-        result["train_success_last5"] = sum(train[-5:]) / max(len(train[-5:]), 1)
+        # offline DPO samples no episodes in training: no training success to report
+        result["train_success_last5"] = sum(train[-5:]) / len(train[-5:]) if train else None
     else:
         result["error"] = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    (out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result), flush=True)
     return result
+
+
+def collect(out: Path) -> dict[str, dict]:
+    """Every algorithm's result under ``out``: the last summary, updated by each
+    ``<algo>/result.json`` (runs made by separate invocations of this script are merged)."""
+    summary = out / "summary.json"
+    results = json.loads(summary.read_text()) if summary.exists() else {}
+    for path in sorted(out.glob("*/result.json")):
+        r = json.loads(path.read_text())
+        results[r["algo"]] = r
+    return results
 
 
 def plot(results: dict[str, dict], path: Path, title: str) -> None:
@@ -84,7 +97,7 @@ def plot(results: dict[str, dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for algo in ALGOS:
         r = results.get(algo)
         if r and r.get("val_steps"):
@@ -92,7 +105,7 @@ def plot(results: dict[str, dict], path: Path, title: str) -> None:
     ax.set_xlabel("RL step")
     ax.set_ylabel("validation success (%)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", ncol=3, fontsize=8)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -112,9 +125,11 @@ def table(results: dict[str, dict]) -> str:
             lines.append(f"| {algo} | failed: {r.get('error', '?')} | | | | | |")
             continue
         v = [100 * x for x in r["val_success"]]
+        train = r.get("train_success_last5")
+        train = "n/a (offline)" if not train and algo == "dpo" else f"{100 * (train or 0):.0f}%"
         lines.append(
             f"| {algo} | {v[0]:.0f}% | {max(v):.0f}% | {v[-1]:.0f}% | {v[-1] - v[0]:+.0f} | "
-            f"{100 * r['train_success_last5']:.0f}% | {r['wall_s'] / 60:.1f} min |"
+            f"{train} | {r['wall_s'] / 60:.1f} min |"
         )
     return "\n".join(lines)
 
@@ -133,15 +148,15 @@ def main() -> None:
     p.add_argument("--plot-only", action="store_true")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    summary_path = Path(args.out) / "summary.json"
-    results = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     if not args.plot_only:
         for algo in args.algos.split(","):
             if algo not in ALGOS:
                 raise SystemExit(f"unknown algorithm {algo!r}; choose from {ALGOS}")
-            results[algo] = run_one(algo, args)
-            summary_path.parent.mkdir(parents=True, exist_ok=True)
-            summary_path.write_text(json.dumps(results, indent=1))
+            run_one(algo, args)
+    results = collect(Path(args.out))
+    (Path(args.out) / "summary.json").write_text(json.dumps(results, indent=1))
+    # the measured curves, kept beside the table (the run directories are not committed)
+    Path(args.table).with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     title = (
         f"toolcalc, tiny model: {args.steps} RL steps x {args.tasks} tasks, "
         f"validation on {args.val} held-out tasks (greedy)"

@@ -190,3 +190,17 @@ def test_pair_trajectories_replays_actions(runner):
     good, bad = pair_trajectories(runner, pair)
     assert good.token_ids == runner.demonstration(task, demo).token_ids
     assert bad.success is False and len(bad.turns) == 1
+
+
+def test_command_line_writes_loadable_pairs(tmp_path, capsys):
+    from agentrl.pairs import main
+
+    out = tmp_path / "pairs.jsonl"
+    env = tmp_path / "env.yaml"
+    env.write_text(
+        "_target_: agentrl.envs.toolcalc.ToolCalc\nnum_train: 30\nnum_val: 5\nnum_test: 5\n"
+    )
+    assert main(["--env", str(env), "--n", "10", "--out", str(out)]) == 0
+    pairs = load_pairs(out)
+    assert 8 <= len(pairs) <= 10 and all(p.meta["source"] == "env" for p in pairs)
+    assert f"wrote {len(pairs)} pairs for 10 tasks" in capsys.readouterr().out
