@@ -102,11 +102,11 @@ def test_crash_timeout_and_missing_reward_are_counted_and_processes_killed(token
         f"sys.argv = [{str(STUB)!r}, modes[i], {str(pidfile)!r}]\n"
         f"runpy.run_path({str(STUB)!r}, run_name='__main__')\n"
     )
-    suite, runner, _ = make_runner(tokenizer, f"python {script}", timeout_s=4.0, max_concurrency=5)
+    suite, runner, _ = make_runner(tokenizer, f"python {script}", timeout_s=10.0, max_concurrency=5)
     tasks = suite.tasks("train")[:5]
     start = time.monotonic()
     trajs = runner.run(tasks, list(range(5)), runner.sampling(1.0, 1.0, False))
-    assert time.monotonic() - start < 30
+    assert time.monotonic() - start < 60
     status = {t.group: (t.status, t.error) for t in trajs}
     assert status[3] == ("ok", None)
     assert "exited with code 3" in status[0][1]
