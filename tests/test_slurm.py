@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
@@ -45,16 +44,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(bool(_WHY), reason=_WHY or ""),
 ]
-
-
-class SlowSteps(L.Callback):
-    """Sleeps after each RL step: leaves time to requeue a job mid-run (timing only)."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        time.sleep(self.seconds)
 
 
 QUIET = [
@@ -183,7 +172,7 @@ def test_requeued_job_resumes_and_matches_uninterrupted(tmp_path):
     ]
     run_dir = tmp_path / "run"
     env = {**job_env(tmp_path), "RUN_DIR": str(run_dir)}
-    slow = ["+callbacks.slow._target_=tests.test_slurm.SlowSteps", "+callbacks.slow.seconds=2"]
+    slow = ["+callbacks.slow._target_=tests.test_faults.SlowSteps", "+callbacks.slow.seconds=2"]
     cmd = ["sbatch", "--parsable", "--ntasks-per-node=1", f"--output={tmp_path}/%j.out"]
     cmd += ["--time=10", "slurm/train.sbatch", *overrides, *slow]
     job_id = subprocess.run(
