@@ -30,7 +30,10 @@ def _slurm_state() -> str | None:
     """None when a cluster answers, else why not."""
     if shutil.which("sinfo") is None:
         return "no SLURM here (sinfo not found); slurm/cluster/start.sh starts a local cluster"
-    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "SLURM is installed but `scontrol ping` did not answer in 20 s"
     if ping.returncode != 0 or "UP" not in ping.stdout:
         return f"SLURM is installed but no controller answers ({ping.stdout.strip()})"
     return None
