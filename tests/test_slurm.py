@@ -35,7 +35,8 @@ def _slurm_state() -> str | None:
     except subprocess.TimeoutExpired:
         return "SLURM is installed but `scontrol ping` did not answer in 20 s"
     if ping.returncode != 0 or "UP" not in ping.stdout:
-        return f"SLURM is installed but no controller answers ({ping.stdout.strip()})"
+        status = (ping.stdout.strip().splitlines() or ["no answer"])[0]
+        return f"SLURM is installed but no controller answers ({status})"
     return None
 
 
