@@ -109,8 +109,9 @@ class AgentRLModule(L.LightningModule):
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         if self._device_mesh is not None and not D.fsdp_modules(self.policy):
             # trainer=fsdp (Lightning's ModelParallelStrategy): FSDP2 shards what trains
-            for m in (self.policy, self.reference, self.critic):
-                if m is not None:
+            critic = [self.critic.backbone, self.critic.head] if self.critic is not None else []
+            for m in (self.policy, self.reference, *critic):
+                if m is not None:  # each is called on its own, so each is a root
                     D.shard(m, self._device_mesh)
         self.engine.bind(self.policy, self.tokenizer)
 

@@ -4,7 +4,7 @@
 values; the value loss also trains the trunk). ``value_head: separate`` is a critic of its own: a
 copy of the policy (backbone and, for LoRA runs, its adapter) with its own head. With LoRA the
 copy's base weights stay frozen like the policy's, so the separate critic trains only its adapter
-copy and its head; its FSDP sharding is not set up (``configure_model`` shards the policy only).
+copy and its head; under FSDP the backbone and the head are sharded as roots of their own.
 
 Values are aligned with ``TokenBatch.loss_mask``: column t is V(tokens 0..t), the value of the state
 in which the token at t + 1 is generated. Shapes: N episodes, T tokens, H hidden size.

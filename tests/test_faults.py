@@ -1,15 +1,30 @@
-"""Faults during training: a crashing reward and a non-finite loss never stop the run."""
+"""Faults during training: a crashing reward and a non-finite loss never stop the run; a run
+killed with SIGKILL at any moment resumes exactly; a corrupt checkpoint is reported and an
+earlier one used; checkpoints are written then renamed."""
 
 from __future__ import annotations
 
 import csv
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from agentrl.algorithms.grpo import GRPO
+from agentrl.callbacks import commit_checkpoint
 from agentrl.rewards.base import RewardOutput
-from agentrl.train import run
+from agentrl.train import checkpoint_rl_step, resolve_checkpoint, run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class SometimesCrashingReward:
@@ -78,3 +93,125 @@ def test_nonfinite_loss_is_skipped_and_counted(make_cfg, tmp_path, monkeypatch):
     assert all(
         torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
     )
+
+
+# ----------------------------------------------------------------------------- kill -9, corrupt
+class SlowSteps(L.Callback):
+    """Sleeps after each RL step (timing only): leaves time to kill or requeue a run mid-way."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        time.sleep(self.seconds)
+
+
+RESUME_RUN = [
+    "warmstart.enabled=false",
+    "data.tasks_per_step=2",
+    "algorithm.group_size=4",
+    "data.steps=4",
+    "data.num_val_tasks=4",
+    "data.val_batch_size=4",
+    "trainer.val_check_interval=1",
+    "reward._target_=tests.test_distributed.LengthReward",
+    "~reward.success_weight",
+    "~reward.format_bonus",
+    "~reward.step_penalty",
+    "~reward.invalid_penalty",
+    "callbacks.export=null",
+    "callbacks.step_checkpoints=null",
+    "callbacks.rich_progress=null",
+    "trainer.enable_progress_bar=false",
+    "num_threads=1",
+]
+
+
+def metrics_series(run_dir, key):
+    with open(run_dir / "metrics.csv") as f:
+        return [(float(r["train/rl_step"]), float(r[key])) for r in csv.DictReader(f) if r.get(key)]
+
+
+@pytest.mark.slow
+def test_kill_9_at_a_random_point_then_restart_matches_uninterrupted(make_cfg, tmp_path):
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AGENTRL_EXTRA_TARGETS", "tests.")
+        run(make_cfg(*RESUME_RUN, run="ref"))
+    torch.set_num_threads(threads)
+
+    run_dir = tmp_path / "killed"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "AGENTRL_EXTRA_TARGETS": "tests.",
+        "AGENTRL_CACHE": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, "launch.py", f"hydra.run.dir={run_dir}", *RESUME_RUN]
+    slow = ["+callbacks.slow._target_=tests.test_faults.SlowSteps", "+callbacks.slow.seconds=1"]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    delay = random.Random().uniform(0.0, 3.0)
+    proc = subprocess.Popen(
+        cmd + slow, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(delay)  # anywhere: in a rollout, an update, a validation, a checkpoint write
+        assert proc.poll() is None, f"the run ended before the kill ({delay=:.2f} s)"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    # written then renamed: whatever the moment of the kill, last.ckpt is whole
+    assert checkpoint_rl_step(str(last)) >= 1, f"{delay=:.2f} s"
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "resuming from" in (run_dir / "launch.log").read_text()
+    for key in ("rollout/reward_mean", "loss/policy", "val/success_rate"):
+        want = metrics_series(tmp_path / "ref", key)
+        got = metrics_series(run_dir, key)
+        assert [s for s, _ in got] == [s for s, _ in want], (key, f"{delay=:.2f} s")
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-6), key
+
+
+def _fake_checkpoint(path, rl_step):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"agentrl": {"rl_step": rl_step}, "state_dict": {}}, path)
+
+
+def test_corrupt_last_checkpoint_is_reported_and_the_previous_one_used(tmp_path, caplog):
+    cfg = OmegaConf.create({"ckpt_path": None, "paths": {"output_dir": str(tmp_path)}})
+    folder = tmp_path / "checkpoints"
+    _fake_checkpoint(folder / "last.ckpt.prev", 3)
+    _fake_checkpoint(folder / "best.ckpt", 2)
+    good = (folder / "last.ckpt.prev").read_bytes()
+    (folder / "last.ckpt").write_bytes(good[: len(good) // 2])  # truncated mid-write
+    with caplog.at_level(logging.ERROR, logger="agentrl"):
+        assert resolve_checkpoint(cfg) == str(folder / "last.ckpt.prev")
+    assert "last.ckpt cannot be read" in caplog.text and "trying an earlier" in caplog.text
+    (folder / "last.ckpt.prev").write_bytes(b"garbage")
+    assert resolve_checkpoint(cfg) == str(folder / "best.ckpt")
+    # an explicit ckpt_path is never replaced behind the user's back
+    cfg.ckpt_path = str(folder / "last.ckpt")
+    assert resolve_checkpoint(cfg) == str(folder / "last.ckpt")
+
+
+def test_commit_checkpoint_renames_and_keeps_the_previous(tmp_path):
+    final = tmp_path / "last.ckpt"
+    _fake_checkpoint(tmp_path / "a.tmp", 1)
+    commit_checkpoint(tmp_path / "a.tmp", final, keep_previous=True)
+    assert checkpoint_rl_step(str(final)) == 1 and not (tmp_path / "a.tmp").exists()
+    _fake_checkpoint(tmp_path / "b.tmp", 2)
+    commit_checkpoint(tmp_path / "b.tmp", final, keep_previous=True)
+    assert checkpoint_rl_step(str(final)) == 2
+    assert checkpoint_rl_step(str(tmp_path / "last.ckpt.prev")) == 1
+    # a sharded checkpoint is a folder: the old one becomes .prev
+    for step in (5, 6):
+        tmp = tmp_path / f"s{step}.tmp"
+        _fake_checkpoint(tmp / "meta.pt", step)
+        commit_checkpoint(tmp, tmp_path / "sharded.ckpt", keep_previous=True)
+    assert checkpoint_rl_step(str(tmp_path / "sharded.ckpt")) == 6
+    assert checkpoint_rl_step(str(tmp_path / "sharded.ckpt.prev")) == 5

@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
@@ -31,9 +30,13 @@ def _slurm_state() -> str | None:
     """None when a cluster answers, else why not."""
     if shutil.which("sinfo") is None:
         return "no SLURM here (sinfo not found); slurm/cluster/start.sh starts a local cluster"
-    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "SLURM is installed but `scontrol ping` did not answer in 20 s"
     if ping.returncode != 0 or "UP" not in ping.stdout:
-        return f"SLURM is installed but no controller answers ({ping.stdout.strip()})"
+        status = (ping.stdout.strip().splitlines() or ["no answer"])[0]
+        return f"SLURM is installed but no controller answers ({status})"
     return None
 
 
@@ -45,16 +48,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(bool(_WHY), reason=_WHY or ""),
 ]
-
-
-class SlowSteps(L.Callback):
-    """Sleeps after each RL step: leaves time to requeue a job mid-run (timing only)."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        time.sleep(self.seconds)
 
 
 QUIET = [
@@ -183,7 +176,7 @@ def test_requeued_job_resumes_and_matches_uninterrupted(tmp_path):
     ]
     run_dir = tmp_path / "run"
     env = {**job_env(tmp_path), "RUN_DIR": str(run_dir)}
-    slow = ["+callbacks.slow._target_=tests.test_slurm.SlowSteps", "+callbacks.slow.seconds=2"]
+    slow = ["+callbacks.slow._target_=tests.test_faults.SlowSteps", "+callbacks.slow.seconds=2"]
     cmd = ["sbatch", "--parsable", "--ntasks-per-node=1", f"--output={tmp_path}/%j.out"]
     cmd += ["--time=10", "slurm/train.sbatch", *overrides, *slow]
     job_id = subprocess.run(
