@@ -203,3 +203,20 @@ def test_pairs_file_source_and_bad_file(tmp_path):
 
     with pytest.raises(ConfigError, match="pairs.jsonl:1"):
         training.collect_pairs(r, None, suite, s)
+
+
+def test_long_episodes_keep_the_task_and_the_end():
+    from agentrl.models.tokenizer import load_tiny_tokenizer
+    from agentrl.rewards.learned import EpisodeEncoder
+
+    enc = EpisodeEncoder(load_tiny_tokenizer(), max_len=64)
+    task = Task("t", "Buy the red hat, size M", None)
+    turns = [Turn(f"click [{i}]", "page " * 10, 0.0, (0, 1), {}) for i in range(20)]
+    ids = enc.ids(task, turns)
+    full_head = enc.chat.prompt_ids(None, task.prompt)
+    last = enc.chat.action_ids("click [19]") + enc.chat.observation_ids("page " * 10)
+    assert len(ids) == 64
+    assert ids[: len(full_head)] == full_head  # the goal stays visible
+    assert ids[-len(last) :] == last  # and so does the outcome
+    short = enc.ids(task, turns[:1])
+    assert len(short) < 64 and short[: len(full_head)] == full_head
