@@ -220,3 +220,26 @@ def test_long_episodes_keep_the_task_and_the_end():
     assert ids[-len(last) :] == last  # and so does the outcome
     short = enc.ids(task, turns[:1])
     assert len(short) < 64 and short[: len(full_head)] == full_head
+
+
+def generated_tokens(task, trajectory) -> float:
+    """A ranking reward that separates even a barely trained policy's episodes."""
+    return float(trajectory.num_generated)
+
+
+def test_rollout_pairs_ranked_by_another_reward(make_cfg, monkeypatch):
+    from agentrl.train import build_components
+
+    monkeypatch.setenv("AGENTRL_EXTRA_TARGETS", "tests.")
+    cfg = make_cfg("debug=smoke", "reward=learned")
+    parts = build_components(cfg)
+    r = parts["reward"]
+    r.build()
+    ranker = {"_target_": "tests.rewards.test_learned.generated_tokens", "_partial_": True}
+    src = {"rollouts": {"num_tasks": 4, "group_size": 4, "ranker": ranker}}
+    s = training._settings(small_settings(sources=src, val_fraction=0.0))
+    _, train, val, counts = training.collect_pairs(r, cfg, parts["suite"], s)
+    assert counts["rollouts"] == len(train) >= 1 and val == []
+    for pair in train:
+        assert pair.meta["source"] == "ranked"
+        assert pair.meta["chosen_score"] > pair.meta["rejected_score"]
