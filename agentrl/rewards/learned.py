@@ -89,12 +89,16 @@ class EpisodeEncoder:
         self.system_prompt = system_prompt
 
     def ids(self, task: Task, turns: list[Turn]) -> list[int]:
-        ids = self.chat.prompt_ids(self.system_prompt, task.prompt)
+        """The task's tokens, then the episode's; when longer than ``max_len``, the task (at
+        most half of ``max_len``) and the end of the episode (where its outcome is) are kept."""
+        head = self.chat.prompt_ids(self.system_prompt, task.prompt)[: self.max_len // 2]
+        body: list[int] = []
         for t in turns:
-            ids += self.chat.action_ids(t.action)
+            body += self.chat.action_ids(t.action)
             if t.observation:
-                ids += self.chat.observation_ids(t.observation)
-        return ids[-self.max_len :]  # the end of an episode (its outcome) matters most
+                body += self.chat.observation_ids(t.observation)
+        keep = self.max_len - len(head)
+        return head + (body[-keep:] if keep > 0 else [])
 
     def batch(self, episodes: list[tuple[Task, list[Turn]]]) -> tuple[torch.Tensor, torch.Tensor]:
         seqs = [self.ids(task, turns) for task, turns in episodes]

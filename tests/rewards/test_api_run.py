@@ -35,6 +35,7 @@ def test_api_run_hides_the_key_and_stops_cleanly(make_cfg, tmp_path, monkeypatch
         SERVER[:] = [srv]
         cfg = make_cfg(
             "debug=smoke",
+            "validate_before_training=false",
             "data.steps=4",
             "reward=api",
             f"reward.url={srv.url}",

@@ -135,3 +135,41 @@ def test_own_function_alone_and_in_composite(make_cfg, monkeypatch):
     # heuristic 1.1 each; brevity 0.8 and 1.0, batch z-scores -1 and +1, weight 0.5
     assert a.reward == pytest.approx(1.1 - 0.5, abs=1e-4)
     assert b.reward == pytest.approx(1.1 + 0.5, abs=1e-4)
+
+
+class Stateful:
+    """A part with every optional hook (as reward=learned or api have)."""
+
+    name = "stateful"
+
+    def __init__(self):
+        self.prepared, self.state = None, {"seen": 0}
+
+    def prepare(self, cfg, suite):
+        self.prepared = (cfg, suite)
+
+    def score_batch(self, trajectories):
+        self.state["seen"] += len(trajectories)
+        return [0.5] * len(trajectories)
+
+    def metrics(self):
+        return {"reward/stateful_seen": float(self.state["seen"])}
+
+    def state_dict(self):
+        return dict(self.state)
+
+    def load_state_dict(self, state):
+        self.state = dict(state)
+
+
+def test_composite_forwards_prepare_metrics_and_state():
+    part = Stateful()
+    comp = CompositeReward({"h": Part(constant({"t": 1.0})), "s": Part(part, weight=2.0)})
+    comp.prepare("cfg", "suite")
+    assert part.prepared == ("cfg", "suite")
+    t = traj()
+    counts = score_batch(comp, [t])
+    assert t.reward == pytest.approx(2.0) and counts["reward/stateful_seen"] == 1.0
+    fresh = Stateful()
+    CompositeReward({"s": Part(fresh)}).load_state_dict(comp.state_dict())
+    assert fresh.state == {"seen": 1}

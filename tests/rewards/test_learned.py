@@ -81,11 +81,11 @@ def test_reward_model_learns_a_separable_preference_set():
         collate_fn=lambda b: training.pad_pairs(b, pad),
         generator=torch.Generator().manual_seed(0),
     )
-    module = RewardModelModule(model, 3e-3, 0.0, steps=120, warmup_steps=5, center_coef=0.0)
+    module = RewardModelModule(model, 3e-3, 0.0, steps=60, warmup_steps=5, center_coef=0.0)
     before = _accuracy(model, held, pad)
     torch.manual_seed(0)
     L.Trainer(
-        max_steps=120,
+        max_steps=60,
         max_epochs=-1,
         logger=False,
         enable_checkpointing=False,
@@ -93,7 +93,7 @@ def test_reward_model_learns_a_separable_preference_set():
         enable_model_summary=False,
     ).fit(module, loader)
     after = _accuracy(model, held, pad)
-    assert after >= 0.95, (before, after)
+    assert before < 0.9 and after >= 0.95, (before, after)
 
 
 def _accuracy(model, items, pad):
@@ -203,3 +203,43 @@ def test_pairs_file_source_and_bad_file(tmp_path):
 
     with pytest.raises(ConfigError, match="pairs.jsonl:1"):
         training.collect_pairs(r, None, suite, s)
+
+
+def test_long_episodes_keep_the_task_and_the_end():
+    from agentrl.models.tokenizer import load_tiny_tokenizer
+    from agentrl.rewards.learned import EpisodeEncoder
+
+    enc = EpisodeEncoder(load_tiny_tokenizer(), max_len=64)
+    task = Task("t", "Buy the red hat, size M", None)
+    turns = [Turn(f"click [{i}]", "page " * 10, 0.0, (0, 1), {}) for i in range(20)]
+    ids = enc.ids(task, turns)
+    full_head = enc.chat.prompt_ids(None, task.prompt)
+    last = enc.chat.action_ids("click [19]") + enc.chat.observation_ids("page " * 10)
+    assert len(ids) == 64
+    assert ids[: len(full_head)] == full_head  # the goal stays visible
+    assert ids[-len(last) :] == last  # and so does the outcome
+    short = enc.ids(task, turns[:1])
+    assert len(short) < 64 and short[: len(full_head)] == full_head
+
+
+def generated_tokens(task, trajectory) -> float:
+    """A ranking reward that separates even a barely trained policy's episodes."""
+    return float(trajectory.num_generated)
+
+
+def test_rollout_pairs_ranked_by_another_reward(make_cfg, monkeypatch):
+    from agentrl.train import build_components
+
+    monkeypatch.setenv("AGENTRL_EXTRA_TARGETS", "tests.")
+    cfg = make_cfg("debug=smoke", "reward=learned")
+    parts = build_components(cfg)
+    r = parts["reward"]
+    r.build()
+    ranker = {"_target_": "tests.rewards.test_learned.generated_tokens", "_partial_": True}
+    src = {"rollouts": {"num_tasks": 4, "group_size": 4, "ranker": ranker}}
+    s = training._settings(small_settings(sources=src, val_fraction=0.0))
+    _, train, val, counts = training.collect_pairs(r, cfg, parts["suite"], s)
+    assert counts["rollouts"] == len(train) >= 1 and val == []
+    for pair in train:
+        assert pair.meta["source"] == "ranked"
+        assert pair.meta["chosen_score"] > pair.meta["rejected_score"]
