@@ -248,6 +248,8 @@ def test_unknown_page_is_a_page_not_an_error(suite):
 
 def test_turn_cap_truncates():
     with WebNav(seed=0, max_turns=2, **SMALL) as s:
+        # the oracle still plans whole demonstrations (a replay is truncated like any episode)
+        assert len(s.oracle(buy_task(s), random.Random(0))) > 2
         env = s.make()
         env.reset(s.tasks("val")[0])
         assert env.step("back")[2] is False

@@ -10,9 +10,11 @@ import socket
 
 import pytest
 
+from agentrl.envs.webnav.browser import Chromium
 from agentrl.envs.webnav.server import ShopServer
 from agentrl.module import AgentRLModule
 from agentrl.train import run
+from tests.envs.test_webnav_browser import CHROMIUM, assert_released
 
 
 @pytest.fixture
@@ -61,9 +63,37 @@ def test_webnav_smoke_run(make_cfg, tmp_path, servers):
     assert sample["turns"] and sample["prompt"].startswith(("Find the price", "Buy the"))
 
 
+@pytest.fixture
+def browsers(monkeypatch):
+    """(profile dir, pid) of every Chromium started during the test."""
+    started: list[tuple[str, int]] = []
+    original = Chromium.start
+
+    def start(self):
+        out = original(self)
+        started.append((self.profile, self.proc.pid))
+        return out
+
+    monkeypatch.setattr(Chromium, "start", start)
+    return started
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("exc", [RuntimeError("simulated crash"), KeyboardInterrupt()])
-def test_server_released_when_training_dies(make_cfg, servers, monkeypatch, exc):
+@pytest.mark.parametrize(
+    ("exc", "backend"),
+    [
+        (RuntimeError("simulated crash"), "text"),
+        (KeyboardInterrupt(), "text"),
+        pytest.param(
+            KeyboardInterrupt(),
+            "browser",
+            marks=pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium"),
+        ),
+    ],
+)
+def test_resources_released_when_training_dies(
+    make_cfg, servers, browsers, monkeypatch, exc, backend
+):
     def crash(self, batch, batch_idx):
         raise exc
 
@@ -74,6 +104,7 @@ def test_server_released_when_training_dies(make_cfg, servers, monkeypatch, exc)
         "env.num_train=20",
         "env.num_val=4",
         "env.max_turns=2",
+        f"env.backend={backend}",
         "warmstart.enabled=false",
         # the server starts with the first episode: the validation before training
         "validate_before_training=true",
@@ -86,3 +117,7 @@ def test_server_released_when_training_dies(make_cfg, servers, monkeypatch, exc)
     finally:
         signal.signal(signal.SIGINT, handler)
     assert_all_closed(servers)
+    if backend == "browser":
+        assert browsers
+        for info in browsers:
+            assert_released(info)

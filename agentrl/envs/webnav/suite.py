@@ -241,6 +241,8 @@ class _Demonstrator:
 
     def run(self) -> list[str]:
         self.env = self.suite.make(backend="text")
+        # the demonstrator plays to the end; a replay under the suite's turn cap may truncate it
+        self.env.max_turns = 1000
         self.env.reset(self.task)
         self._find_item()
         if self.task.meta["goal"] == "price":
