@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import socket
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -331,11 +330,11 @@ def test_server_stops_after_close_and_restarts_on_use():
     s = WebNav(seed=0, **SMALL)
     env = s.make()
     env.reset(s.tasks("val")[0])
-    port = s.server.port
-    assert port_open(port)
+    port, thread = s.server.port, s.server._thread
+    assert port_open(port) and thread.is_alive()
     s.close()
     assert not port_open(port)
-    assert not [t for t in threading.enumerate() if t.name == "webnav-http"]
+    assert not thread.is_alive()
     s.close()  # idempotent
     env = s.make()
     env.reset(s.tasks("val")[0])
