@@ -47,6 +47,9 @@ SYSTEM_PROMPT = (
 )
 SPLITS = ("train", "val", "test")
 TOOLS = {"calc": CALCULATOR}
+# a split draws from up to SEARCH_FACTOR * size + 1000 generated items (items are generated on
+# access, and item i depends only on the split seed and i) before it gives up on duplicates
+SEARCH_FACTOR = 10
 
 
 class ReasoningGymEnv:
@@ -216,7 +219,7 @@ class ReasoningGym:
             split_seed = random.Random(f"reasoning_gym/{self.seed}/{split}").randrange(2**31)
             try:
                 ds = reasoning_gym.create_dataset(
-                    self.dataset, seed=split_seed, size=2 * n + 100, **self.config
+                    self.dataset, seed=split_seed, size=SEARCH_FACTOR * n + 1000, **self.config
                 )
             except (ValueError, TypeError, AssertionError) as exc:
                 raise ValueError(f"reasoning_gym dataset {self.dataset!r}: {exc}") from None
