@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from agentrl.models.factory import ModelLoadError
+from agentrl.rollout.vllm_engine import vllm_available
 from agentrl.train import build_components, build_trainer
 from agentrl.utils.instantiate import ConfigError, instantiate
 from tests.conftest import CONF, ROOT
@@ -49,7 +50,11 @@ def test_every_option_composes_and_instantiates(make_cfg, group, option, monkeyp
     elif group == "adapter":
         assert "enabled" in node
     elif group == "rollout":
-        assert instantiate(node.engine).name == "hf"
+        if option == "vllm" and not vllm_available():
+            with pytest.raises(ConfigError, match="make setup-vllm"):
+                instantiate(node.engine, "rollout.engine")
+        else:
+            assert instantiate(node.engine).name == option
     elif group == "trainer":
         assert build_trainer(cfg).max_epochs == 1
     elif group == "module":
