@@ -15,6 +15,8 @@ from tests.vllm.conftest import max_diff, perturb, tiny_policy, trainer_logprobs
 
 TOL = 1e-4
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12], [20, 21, 22, 23], [40, 41]]
+# long enough to fill whole KV blocks, which is what vLLM's prefix cache keeps
+LONG_PROMPTS = [[5 + (7 * i + j) % 490 for i in range(300)] for j in range(3)]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,7 @@ def setup(tmp_path_factory):
     from agentrl.rollout.vllm_engine import VLLMEngine
 
     model, tok = tiny_policy()
-    engine = VLLMEngine(cache_dir=str(tmp_path_factory.mktemp("vllm")), max_model_len=256)
+    engine = VLLMEngine(cache_dir=str(tmp_path_factory.mktemp("vllm")), max_model_len=512)
     engine.bind(model, tok)
     hf = HFEngine()
     hf.bind(model, tok)
@@ -81,7 +83,7 @@ def test_sampling_is_seeded_by_the_generator_and_logprobs_are_tempered(setup):
 
 def test_no_room_left_is_an_empty_length_generation(setup):
     _, _, engine, _ = setup
-    out = engine.generate([[5] * 256, [5, 6]], SamplingParams(max_new_tokens=4, greedy=True))
+    out = engine.generate([[5] * 512, [5, 6]], SamplingParams(max_new_tokens=4, greedy=True))
     assert out[0].token_ids == [] and out[0].finish == "length"
     assert len(out[1].token_ids) == 4
 
@@ -89,19 +91,20 @@ def test_no_room_left_is_an_empty_length_generation(setup):
 def test_after_a_weight_push_engine_logprobs_match_the_trainer(setup):
     model, tok, engine, hf = setup
     params = SamplingParams(max_new_tokens=10, greedy=True)
-    engine.generate(PROMPTS, params)  # the prompts' KV now sits in the prefix cache
+    engine.generate(LONG_PROMPTS, params)  # the prompts' KV now sits in the prefix cache
     perturb(model, 0.05)
-    stale = engine.generate(PROMPTS, params)
+    stale = engine.generate(LONG_PROMPTS, params)
     assert (
         max(
             max_diff(g.logprobs, trainer_logprobs(model, p, g.token_ids))
-            for p, g in zip(PROMPTS, stale)
+            for p, g in zip(LONG_PROMPTS, stale)
         )
         > 1e-2
     ), "the perturbation must be visible, or this test could not fail"
     engine.sync(model)
     assert engine.last_sync_s < 5.0
-    fresh, want = engine.generate(PROMPTS, params), hf.generate(PROMPTS, params)
-    for p, g, w in zip(PROMPTS, fresh, want):
+    # without the prefix-cache reset the cached KV of the old weights would be reused here
+    fresh, want = engine.generate(LONG_PROMPTS, params), hf.generate(LONG_PROMPTS, params)
+    for p, g, w in zip(LONG_PROMPTS, fresh, want):
         assert g.token_ids == w.token_ids
         assert max_diff(g.logprobs, trainer_logprobs(model, p, g.token_ids)) < TOL
