@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from agentrl.rollout.engine import Generation, SamplingParams
+from agentrl.utils.instantiate import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class VLLMEngine:
             self.sync(model)
             return
         if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            raise ValueError(
+            raise ConfigError(
                 "rollout=vllm runs one colocated engine per process and does not support "
                 "multi-process training yet; use rollout=hf with trainer=ddp"
             )
