@@ -123,6 +123,7 @@ class VLLMEngine:
         max_model_len: int = 1024,
         enable_prefix_caching: bool = True,
         enforce_eager: bool = True,
+        enable_chunked_prefill: bool = False,
         lora_sync: str = "adapter",
         seed: int = 0,
         log_level: str = "WARNING",
@@ -149,6 +150,7 @@ class VLLMEngine:
         self.max_model_len = max_model_len
         self.enable_prefix_caching = enable_prefix_caching
         self.enforce_eager = enforce_eager
+        self.enable_chunked_prefill = enable_chunked_prefill
         self.lora_sync = lora_sync
         self.seed = seed
         self.log_level = log_level
@@ -209,8 +211,12 @@ class VLLMEngine:
             max_model_len=self.max_model_len,
             enable_prefix_caching=self.enable_prefix_caching,
             enforce_eager=self.enforce_eager,
+            enable_chunked_prefill=self.enable_chunked_prefill,
             logprobs_mode="processed_logprobs",
         )
+        if not self.enable_chunked_prefill:
+            # whole prompts only: a step must be able to hold the longest one
+            kwargs["max_num_batched_tokens"] = max(self.max_model_len, 8192)
         if self.kv_cache_gb is not None:
             kwargs["kv_cache_memory_bytes"] = int(self.kv_cache_gb * 2**30)
         if adapter:

@@ -108,3 +108,22 @@ def test_after_a_weight_push_engine_logprobs_match_the_trainer(setup):
     for p, g, w in zip(LONG_PROMPTS, fresh, want):
         assert g.token_ids == w.token_ids
         assert max_diff(g.logprobs, trainer_logprobs(model, p, g.token_ids)) < TOL
+
+
+def test_a_step_larger_than_the_token_budget_samples_seeded(setup):
+    """128 toolcalc prompts (~6,400 prompt tokens) in one call: with chunked prefill, vLLM's CPU
+    sampler crashed on a seeded request whose prefill was split ("CPU Generator does not use
+    offset"); the engine disables it."""
+    from agentrl.envs.toolcalc import ToolCalc
+    from agentrl.rollout.chat import ChatFormat
+
+    model, tok, engine, _ = setup
+    suite = ToolCalc(num_train=64, num_val=10, num_test=10)
+    chat = ChatFormat(tok)
+    prompts = [chat.prompt_ids(suite.system_prompt, t.prompt) for t in suite.tasks("train")] * 2
+    assert sum(map(len, prompts)) > 4096
+    params = SamplingParams(max_new_tokens=4, temperature=1.0)
+    out = engine.generate(prompts, params, torch.Generator().manual_seed(0))
+    assert all(len(g.token_ids) == 4 for g in out)
+    for p, g in list(zip(prompts, out))[::16]:
+        assert max_diff(g.logprobs, trainer_logprobs(model, p, g.token_ids)) < TOL
