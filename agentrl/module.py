@@ -115,6 +115,10 @@ class AgentRLModule(L.LightningModule):
                     D.shard(m, self._device_mesh)
         self.engine.bind(self.policy, self.tokenizer)
 
+    def on_fit_start(self) -> None:
+        # a resumed run restores its weights after configure_model: the engine gets them here
+        self.engine.sync(self.policy)
+
     def _has_adapter(self) -> bool:
         return hasattr(self.policy, "disable_adapter")
 
@@ -213,7 +217,13 @@ class AgentRLModule(L.LightningModule):
         batch, old, ref = scored["batch"], scored["old"], scored["ref"]
         rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32, device=self.device)
         groups = torch.tensor([t.group for t in trajs], device=self.device)
-        stats = {}
+        mask = batch.loss_mask
+        # the engine's behaviour log-probs vs the trainer's, every step (updated or not)
+        stats = {
+            "rollout/logprob_diff": float(
+                ((old - batch.behaviour_logprobs).abs() * mask).sum() / mask.sum().clamp(min=1)
+            )
+        }
         if ref is not None:
             kl = F.sequence_kl(old, ref, batch.loss_mask, self.algorithm.kl_estimator)
             stats["loss/kl_ref_seq"] = float(kl.mean())
@@ -250,12 +260,6 @@ class AgentRLModule(L.LightningModule):
         if not D.any_rank(bool(trajs) and bool((scored["advantages"] != 0).any())):
             stats["loss/skipped_zero_adv"] = 1.0
             return stats
-        if trajs:
-            batch, old = scored["batch"], scored["old"]
-            mask = batch.loss_mask
-            stats["rollout/logprob_diff"] = float(
-                ((old - batch.behaviour_logprobs).abs() * mask).sum() / mask.sum()
-            )
         opt = self.optimizers()
         gen = self._generator(self.rl_step, 1)
         acc: dict[str, list[float]] = {}

@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from agentrl.models.factory import ModelLoadError
+from agentrl.rollout.vllm_engine import vllm_available
 from agentrl.train import build_components, build_trainer
 from agentrl.utils.instantiate import ConfigError, instantiate
 from tests.conftest import CONF, ROOT
@@ -50,7 +51,11 @@ def test_every_option_composes_and_instantiates(make_cfg, group, option, monkeyp
     elif group == "adapter":
         assert "enabled" in node
     elif group == "rollout":
-        assert instantiate(node.engine).name == "hf"
+        if option == "vllm" and not vllm_available():
+            with pytest.raises(ConfigError, match="make setup-vllm"):
+                instantiate(node.engine, "rollout.engine")
+        else:
+            assert instantiate(node.engine).name == option
     elif group == "trainer":
         if node.accelerator == "gpu" and not torch.cuda.is_available():
             # composed above; Lightning refuses a GPU accelerator on a machine without one
