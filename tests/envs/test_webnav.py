@@ -180,6 +180,8 @@ def test_parse_good(text, verb, n, arg):
         "go to [3]",
         "submit submit",
         "click [99999]",
+        'type [3] "a\x01b"',
+        'answer "\x7f"',
     ],
 )
 def test_parse_malformed(text):

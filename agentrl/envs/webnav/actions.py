@@ -47,6 +47,8 @@ def parse_action(text: str) -> Action:
     if m is None:
         return Action(None, error=ERR_FORMAT)
     name = verb[0]
+    if m.lastindex and any(ord(c) < 32 or ord(c) == 127 for c in m.group(m.lastindex)):
+        return Action(None, error=ERR_FORMAT)  # control characters: not text a field can hold
     if name == "click":
         return Action(name, n=int(m.group(1)))
     if name == "type":
