@@ -56,6 +56,25 @@ class EnvSuite(Protocol):
     def verify(self, task: Task, env: EpisodeEnv) -> bool: ...
 
 
+def transcript(
+    system_prompt: str,
+    prompt: str,
+    history: list[tuple[str, str, float]],
+    reward_format: str = "{}",
+    indent_observations: bool = False,
+) -> list[str]:
+    """The lines every env's ``render`` starts with: system, user, then each (action, observation,
+    reward) of ``history`` (empty observations and zero rewards left out)."""
+    lines = [f"system: {system_prompt}", f"user: {prompt}"]
+    for action, obs, reward in history:
+        lines.append(f"agent: {action}")
+        if obs:
+            lines.append("env: " + (obs.replace("\n", "\n     ") if indent_observations else obs))
+        if reward:
+            lines.append("reward: " + reward_format.format(reward))
+    return lines
+
+
 def close_suite(suite: Any) -> None:
     """Release what ``suite`` holds (its ``close()``, when it has one)."""
     close = getattr(suite, "close", None)

@@ -33,6 +33,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentrl.envs.base import transcript
 from agentrl.envs.codegen_tasks import (
     SPLITS,
     STEP_OPS,
@@ -273,13 +274,12 @@ class CodeGenEnv:
         """A readable transcript of the episode so far."""
         if self.task is None:
             return "(not started)"
-        lines = [f"system: {self.system_prompt}", f"user: {self.task.prompt}"]
-        for action, obs, reward in self.history:
-            lines.append(f"agent: {action}")
-            if obs:
-                lines.append(f"env: {obs}")
-            if reward:
-                lines.append(f"reward: {reward:+.3f}")
+        lines = transcript(
+            self.system_prompt,
+            self.task.prompt,
+            self.history,
+            reward_format="{:+.3f}",
+        )
         if self.done:
             g = self.last_grade
             res = f"{g.passed}/{g.total} tests passed" if g else "no graded submission"

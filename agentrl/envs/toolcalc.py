@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from agentrl.envs.base import transcript
 from agentrl.types import Task
 
 SYSTEM_PROMPT = "Use <calc>A op B</calc> one step a turn, then <answer>N</answer>."
@@ -143,13 +144,7 @@ class ToolCalcEnv:
         """A readable transcript of the episode so far."""
         if self.task is None:
             return "(not started)"
-        lines = [f"system: {self.system_prompt}", f"user: {self.task.prompt}"]
-        for action, obs, reward in self.history:
-            lines.append(f"agent: {action}")
-            if obs:
-                lines.append(f"env: {obs}")
-            if reward:
-                lines.append(f"reward: {reward}")
+        lines = transcript(self.system_prompt, self.task.prompt, self.history)
         if self.truncated:
             lines.append(f"[truncated after {self.max_turns} turns]")
         elif self.done:

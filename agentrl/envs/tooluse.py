@@ -33,6 +33,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from agentrl.envs.base import transcript
 from agentrl.envs.price_service import PriceService, fault_at, fetch_price, price_of
 from agentrl.envs.toolcalls import (
     CALCULATOR,
@@ -218,13 +219,7 @@ class ToolUseEnv:
     def render(self) -> str:
         if self.task is None:
             return "(not started)"
-        lines = [f"system: {self.system_prompt}", f"user: {self.task.prompt}"]
-        for action, obs, reward in self.history:
-            lines.append(f"agent: {action}")
-            if obs:
-                lines.append(f"env: {obs}")
-            if reward:
-                lines.append(f"reward: {reward}")
+        lines = transcript(self.system_prompt, self.task.prompt, self.history)
         if self.truncated:
             lines.append(f"[truncated after {self.max_turns} turns]")
         elif self.done:

@@ -18,6 +18,7 @@ from urllib.parse import urlencode, urlsplit
 
 import lxml.html
 
+from agentrl.envs.base import transcript
 from agentrl.envs.webnav import actions as A
 from agentrl.envs.webnav.render import Element, Page, parse
 from agentrl.types import Task
@@ -221,13 +222,13 @@ class WebNavEnv:
         """A readable transcript of the episode so far."""
         if self.task is None:
             return "(not started)"
-        lines = [f"system: {self.system_prompt}", f"user: {self.task.prompt}"]
-        for action, obs, reward in self.history:
-            lines.append(f"agent: {action}")
-            if obs:
-                lines.append("env: " + obs.replace("\n", "\n     "))
-            if reward:
-                lines.append(f"reward: {reward:g}")
+        lines = transcript(
+            self.system_prompt,
+            self.task.prompt,
+            self.history,
+            reward_format="{:g}",
+            indent_observations=True,
+        )
         if self.truncated:
             lines.append(f"[truncated after {self.max_turns} turns]")
         elif self.done:
