@@ -63,6 +63,8 @@ def test_sandbox_failures_are_counted_and_the_batch_goes_on(chat, tmp_path):
         counters=Counter(failed_episodes=0, skipped_updates=0),
         buffer=SimpleNamespace(stats=dict),
         rl_step=0,
+        suite=suite,
+        runner=None,
     )
     counts = {"reward_errors": 0, "reward_nonfinite": 0}
     m = AgentRLModule._train_metrics(host, trajs, counts, {})
