@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from agentrl.envs.base import close_suite
 from agentrl.pairs import PreferencePair, env_pairs, load_pairs, pair_trajectories, ranked_pairs
 from agentrl.rewards.base import score_batch
-from agentrl.rewards.learned import LearnedReward, RewardModelModule
+from agentrl.rewards.learned import LearnedReward, RewardModelModule, pairwise_accuracy
 from agentrl.rollout.chat import ChatFormat
 from agentrl.rollout.runner import EpisodeRunner
 from agentrl.utils.instantiate import ConfigError, instantiate
@@ -231,6 +231,7 @@ def train(reward: LearnedReward, cfg, suite, settings: dict, folder, out_dir=Non
         torch.manual_seed(int(s["seed"]))
         trainer.fit(module, loader, val_loader if val_items else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    by_kind = accuracy_by_kind(reward.model, val_pairs, val_items, pad_id)
     info = {
         "val_accuracy": metrics.get("rm/val_accuracy"),
         "val_success_corr": metrics.get("rm/val_success_corr"),
@@ -238,12 +239,18 @@ def train(reward: LearnedReward, cfg, suite, settings: dict, folder, out_dir=Non
         "train_pairs": len(train_items),
         "val_pairs": len(val_items),
         "pairs_by_source": counts,
+        "val_accuracy_by_kind": by_kind,
         "steps": int(s["steps"]),
         "seconds": round(time.perf_counter() - start, 1),
     }
     reward.model.eval()
     if trainer.global_rank == 0:
         reward.save(folder, info)
+    if by_kind:
+        log.info(
+            "reward model: held-out accuracy by kind: %s",
+            ", ".join(f"{k} {v['accuracy']:.3f} ({v['pairs']})" for k, v in by_kind.items()),
+        )
     log.info(
         "reward model: held-out pairwise accuracy %s, correlation with success %s (%s s) -> %s",
         _fmt(info["val_accuracy"]),
@@ -252,6 +259,30 @@ def train(reward: LearnedReward, cfg, suite, settings: dict, folder, out_dir=Non
         folder,
     )
     return info
+
+
+@torch.no_grad()
+def accuracy_by_kind(model, pairs: list[PreferencePair], items: list[tuple], pad_id: int) -> dict:
+    """Held-out pairwise accuracy per kind of pair (an env pair's perturbation, else its
+    source): {kind: {"accuracy": float, "pairs": int}}, kinds sorted."""
+    groups: dict[str, list[tuple]] = {}
+    for pair, item in zip(pairs, items):
+        meta = pair.meta or {}
+        kind = str(meta.get("perturbation") or meta.get("source") or "other")
+        groups.setdefault(kind, []).append(item)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = {}
+    for kind in sorted(groups):
+        chosen, rejected = [], []
+        for i in range(0, len(groups[kind]), 64):
+            c_ids, c_mask, r_ids, r_mask, _, _ = pad_pairs(groups[kind][i : i + 64], pad_id)
+            chosen += model(c_ids.to(device), c_mask.to(device)).tolist()
+            rejected += model(r_ids.to(device), r_mask.to(device)).tolist()
+        out[kind] = {"accuracy": pairwise_accuracy(chosen, rejected), "pairs": len(chosen)}
+    model.train(was_training)
+    return out
 
 
 def _fmt(x) -> str:

@@ -13,6 +13,7 @@ import torch
 
 from agentrl.envs.toolcalc import ToolCalc
 from agentrl.models.factory import TinyModel
+from agentrl.pairs import PERTURBATIONS
 from agentrl.rewards import training
 from agentrl.rewards.base import score_batch
 from agentrl.rewards.learned import (
@@ -153,6 +154,11 @@ def test_prepare_trains_caches_and_reuses(tmp_path, monkeypatch, caplog):
     info = json.loads((folders[0] / "info.json").read_text())
     assert info["train_pairs"] > 30 and info["val_pairs"] > 10
     assert 0.0 <= info["val_accuracy"] <= 1.0
+    by_kind = info["val_accuracy_by_kind"]
+    assert set(by_kind) <= set(PERTURBATIONS)
+    assert sum(v["pairs"] for v in by_kind.values()) == info["val_pairs"]
+    assert all(0.0 <= v["accuracy"] <= 1.0 for v in by_kind.values())
+    assert "held-out accuracy by kind" in caplog.text
     assert (tmp_path / "run" / "reward_model" / "metrics.csv").is_file()
     trajs = [episode(True, "<answer>6</answer>"), episode(False, "<answer>7</answer>")]
     counts = score_batch(r, trajs)
