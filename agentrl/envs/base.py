@@ -56,6 +56,20 @@ class EnvSuite(Protocol):
     def verify(self, task: Task, env: EpisodeEnv) -> bool: ...
 
 
+def record_step(
+    env: Any, action: str, obs: str, reward: float, info: dict[str, Any]
+) -> tuple[str, float, bool, dict[str, Any]]:
+    """The end of every env's ``step``: the turn cap (the last allowed turn ends the episode as
+    truncated, with no observation), ``info["truncated"]``, and the (action, observation,
+    reward) history that ``render`` shows. Returns what ``step`` returns."""
+    if not env.done and len(env.history) + 1 >= env.max_turns:
+        env.done = env.truncated = True
+        obs = ""
+    info["truncated"] = env.truncated
+    env.history.append((action, obs, reward))
+    return obs, reward, env.done, info
+
+
 def transcript(
     system_prompt: str,
     prompt: str,

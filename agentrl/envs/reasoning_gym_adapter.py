@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from agentrl.envs.base import transcript
+from agentrl.envs.base import record_step, transcript
 from agentrl.envs.toolcalls import (
     CALCULATOR,
     ERR_DONE,
@@ -80,12 +80,7 @@ class ReasoningGymEnv:
         if self.done:
             return ERR_DONE, 0.0, True, self._info(None, error=ERR_DONE, invalid=True)
         obs, reward, info = self._apply(parse_action(action))
-        if not self.done and len(self.history) + 1 >= self.max_turns:
-            self.done = self.truncated = True
-            obs = ""
-        info["truncated"] = self.truncated
-        self.history.append((action, obs, reward))
-        return obs, reward, self.done, info
+        return record_step(self, action, obs, reward, info)
 
     def _apply(self, act: Action) -> tuple[str, float, dict[str, Any]]:
         if act.error is not None:

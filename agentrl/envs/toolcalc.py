@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from agentrl.envs.base import transcript
+from agentrl.envs.base import record_step, transcript
 from agentrl.types import Task
 
 SYSTEM_PROMPT = "Use <calc>A op B</calc> one step a turn, then <answer>N</answer>."
@@ -108,12 +108,7 @@ class ToolCalcEnv:
             return ERR_DONE, 0.0, True, self._info(None, ERR_DONE)
         parsed = parse_action(action)
         obs, reward, info = self._apply(parsed)
-        if not self.done and len(self.history) + 1 >= self.max_turns:
-            self.done = self.truncated = True
-            obs = ""
-        info["truncated"] = self.truncated
-        self.history.append((action, obs, reward))
-        return obs, reward, self.done, info
+        return record_step(self, action, obs, reward, info)
 
     def _apply(self, parsed: Action) -> tuple[str, float, dict[str, Any]]:
         if parsed.error is not None:

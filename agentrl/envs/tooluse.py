@@ -33,7 +33,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from agentrl.envs.base import transcript
+from agentrl.envs.base import record_step, transcript
 from agentrl.envs.price_service import PriceService, fault_at, fetch_price, price_of
 from agentrl.envs.toolcalls import (
     CALCULATOR,
@@ -157,12 +157,7 @@ class ToolUseEnv:
         if self.done:
             return ERR_DONE, 0.0, True, self._info(None, invalid=True, error=ERR_DONE)
         obs, reward, info = self._apply(parse_action(action))
-        if not self.done and len(self.history) + 1 >= self.max_turns:
-            self.done = self.truncated = True
-            obs = ""
-        info["truncated"] = self.truncated
-        self.history.append((action, obs, reward))
-        return obs, reward, self.done, info
+        return record_step(self, action, obs, reward, info)
 
     def _apply(self, act: Action) -> tuple[str, float, dict[str, Any]]:
         if act.error is not None:

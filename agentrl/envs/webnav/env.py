@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 
 import lxml.html
 
-from agentrl.envs.base import transcript
+from agentrl.envs.base import record_step, transcript
 from agentrl.envs.webnav import actions as A
 from agentrl.envs.webnav.render import Element, Page, parse
 from agentrl.types import Task
@@ -140,12 +140,7 @@ class WebNavEnv:
         parsed = A.parse_action(action)
         obs, info = self._apply(parsed)
         reward = (float(self.succeeded()) if self.done else 0.0) - self.step_penalty
-        if not self.done and len(self.history) + 1 >= self.max_turns:
-            self.done = self.truncated = True
-            obs = ""
-        info["truncated"] = self.truncated
-        self.history.append((action, obs, reward))
-        return obs, reward, self.done, info
+        return record_step(self, action, obs, reward, info)
 
     def _apply(self, act: A.Action) -> tuple[str, dict[str, Any]]:
         if act.error is not None:
