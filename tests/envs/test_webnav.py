@@ -309,6 +309,38 @@ def test_imperfect_oracle_fails_sometimes_and_verify_says_so():
         )
 
 
+def test_oracle_searching_with_the_size_lists_the_one_item():
+    """size_query_prob=1: the demonstrator who checks sizes types "name, size" and the search
+    lists that item alone; the guessing one still types the name and takes the first result."""
+    with WebNav(seed=0, buy_prob=0.0, size_query_prob=1.0, **SMALL) as s:
+        for task in s.tasks("val")[:10]:
+            item = task.meta["item"]
+            demo = s.oracle(task, random.Random(0))
+            assert demo[0].endswith(f'"{item["name"]}, {item["size"]}"'), demo
+            env = s.make()
+            env.reset(task)
+            env.step(demo[0])
+            env.step(demo[1])
+            links = [e.label for e in env.page.elements if e.kind == "link"]
+            assert [x for x in links if x.startswith(item["name"])] == [
+                f"{item['name']}, {item['size']}"
+            ]
+            assert s.verify(task, play(s, task, demo))
+    with WebNav(seed=0, buy_prob=0.0, guess_prob=1.0, size_query_prob=1.0, **SMALL) as s:
+        task = s.tasks("val")[0]
+        assert s.oracle(task, random.Random(0))[0].endswith(f'"{task.meta["item"]["name"]}"')
+    # off (the default): the demonstrations are those of before the option existed
+    with WebNav(seed=0, guess_prob=0.5, **SMALL) as a, WebNav(seed=0, **SMALL) as b:
+        rng = random.Random(3)
+        demos = [a.oracle(t, rng) for t in a.tasks("val")]
+        assert all(
+            not d[0].endswith(f', {t.meta["item"]["size"]}"')
+            for d, t in zip(demos, a.tasks("val"))
+            if d[0].startswith("type")
+        )
+        assert b.oracle(b.tasks("val")[0], random.Random(0))[0].startswith("type")
+
+
 def test_verifier_rules(suite):
     task = price_task(suite)
     price = task.answer
@@ -415,6 +447,7 @@ def test_config_instantiates_with_every_default():
         ({"backend": "firefox"}, "backend must be one of text, browser"),
         ({"max_turns": 0}, "max_turns must be >= 1"),
         ({"guess_prob": 1.5}, "guess_prob must be in [0, 1]"),
+        ({"size_query_prob": -0.1}, "size_query_prob must be in [0, 1]"),
         ({"num_categories": 11}, "num_categories must be an int in [1, 10]"),
         ({"page_size": 0}, "page_size must be an int >= 1"),
         ({"http_timeout": 0}, "http_timeout must be > 0"),

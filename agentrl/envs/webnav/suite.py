@@ -44,6 +44,8 @@ class WebNav:
     mistake_prob: probability that one demonstration ends with a wrong answer or a wrong name.
     browse_prob: probability that the demonstrator browses the category pages (following "next")
         instead of searching.
+    size_query_prob: probability that a demonstrator who is not guessing searches for the item's
+        name and size ("red wool hat, M", which lists that one item) rather than its name alone.
     http_timeout: seconds an HTTP request (or a page load in the browser) may take.
     chromium: the Chromium executable of the browser backend.
     """
@@ -68,6 +70,7 @@ class WebNav:
         guess_prob: float = 0.0,
         mistake_prob: float = 0.0,
         browse_prob: float = 0.0,
+        size_query_prob: float = 0.0,
         http_timeout: float = 10.0,
         chromium: str = "/usr/bin/chromium",
     ):
@@ -85,6 +88,7 @@ class WebNav:
         self.guess_prob = float(guess_prob)
         self.mistake_prob = float(mistake_prob)
         self.browse_prob = float(browse_prob)
+        self.size_query_prob = float(size_query_prob)
         self.http_timeout = float(http_timeout)
         self.chromium = chromium
         self.system_prompt = SYSTEM_PROMPT
@@ -234,6 +238,9 @@ class _Demonstrator:
         self.guess = rng.random() < suite.guess_prob
         self.mistake = rng.random() < suite.mistake_prob
         self.browse = rng.random() < suite.browse_prob
+        self.size_query = (
+            suite.size_query_prob > 0 and not self.guess and rng.random() < suite.size_query_prob
+        )
 
     def act(self, action: str) -> None:
         self.actions.append(action)
@@ -269,7 +276,8 @@ class _Demonstrator:
         if self.browse:
             self.act(A.click(self.env.page.find("link", plural(self.item["kind"])).n))
         else:
-            self.act(A.type_(self.env.page.find("field", "search").n, name))
+            query = label if self.size_query else name
+            self.act(A.type_(self.env.page.find("field", "search").n, query))
             self.act("submit")
         for _ in range(50):
             links = [e for e in self.env.page.elements if e.kind == "link"]
@@ -305,7 +313,7 @@ def _check_args(args: dict[str, Any]) -> None:
         )
     if args["backend"] not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {args['backend']!r}")
-    for key in ("buy_prob", "guess_prob", "mistake_prob", "browse_prob"):
+    for key in ("buy_prob", "guess_prob", "mistake_prob", "browse_prob", "size_query_prob"):
         p = args[key]
         if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise ValueError(f"{key} must be in [0, 1], got {p!r}")
