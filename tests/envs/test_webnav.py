@@ -329,7 +329,7 @@ def test_oracle_searching_with_the_size_lists_the_one_item():
     with WebNav(seed=0, buy_prob=0.0, guess_prob=1.0, size_query_prob=1.0, **SMALL) as s:
         task = s.tasks("val")[0]
         assert s.oracle(task, random.Random(0))[0].endswith(f'"{task.meta["item"]["name"]}"')
-    # off (the default): the demonstrations are those of before the option existed
+    # off (the default): no query carries the size
     with WebNav(seed=0, guess_prob=0.5, **SMALL) as a, WebNav(seed=0, **SMALL) as b:
         rng = random.Random(3)
         demos = [a.oracle(t, rng) for t in a.tasks("val")]

@@ -238,6 +238,7 @@ class _Demonstrator:
         self.guess = rng.random() < suite.guess_prob
         self.mistake = rng.random() < suite.mistake_prob
         self.browse = rng.random() < suite.browse_prob
+        # no draw when the option is off, so the default demonstrations stay what they were
         self.size_query = (
             suite.size_query_prob > 0 and not self.guess and rng.random() < suite.size_query_prob
         )
