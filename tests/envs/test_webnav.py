@@ -341,6 +341,44 @@ def test_oracle_searching_with_the_size_lists_the_one_item():
         assert b.oracle(b.tasks("val")[0], random.Random(0))[0].startswith("type")
 
 
+def test_guessing_oracle_that_fixes_goes_back_for_the_right_size():
+    """fix_prob=1: a guess that lands on the wrong size is followed by `back` and the right item,
+    so every demonstration succeeds; fix_prob=0 leaves the guesses wrong; the option off draws no
+    random number, so the default demonstrations are unchanged."""
+    kw = {"buy_prob": 0.0, "guess_prob": 1.0, "mistake_prob": 0.0, **SMALL}
+    with (
+        WebNav(seed=0, fix_prob=1.0, browse_prob=0.5, **kw) as fixing,
+        WebNav(seed=0, **kw) as not_,
+    ):
+        backs = 0
+        for task in fixing.tasks("val"):
+            demo = fixing.oracle(task, random.Random(0))
+            env = play(fixing, task, demo)
+            assert fixing.verify(task, env), env.render()
+            if "back" in demo:
+                backs += 1
+                i = demo.index("back")
+                # the page before `back` was an item of the right name and the wrong size
+                item = task.meta["item"]
+                page = play(fixing, task, demo[:i]).page.text
+                assert f"size {item['size']}" not in page and item["name"] in page, page
+                assert demo[i + 1].startswith("click")
+        assert 0 < backs < len(fixing.tasks("val"))
+        plain = [
+            not_.verify(t, play(not_, t, not_.oracle(t, random.Random(0))))
+            for t in not_.tasks("val")
+        ]
+        assert sum(plain) == len(plain) - backs
+    with (
+        WebNav(seed=0, guess_prob=0.5, **SMALL) as a,
+        WebNav(seed=0, guess_prob=0.5, fix_prob=0.0, **SMALL) as b,
+    ):
+        ra, rb = random.Random(5), random.Random(5)
+        assert [a.oracle(t, ra) for t in a.tasks("val")] == [
+            b.oracle(t, rb) for t in b.tasks("val")
+        ]
+
+
 def test_verifier_rules(suite):
     task = price_task(suite)
     price = task.answer
@@ -448,6 +486,7 @@ def test_config_instantiates_with_every_default():
         ({"max_turns": 0}, "max_turns must be >= 1"),
         ({"guess_prob": 1.5}, "guess_prob must be in [0, 1]"),
         ({"size_query_prob": -0.1}, "size_query_prob must be in [0, 1]"),
+        ({"fix_prob": 1.5}, "fix_prob must be in [0, 1]"),
         ({"num_categories": 11}, "num_categories must be an int in [1, 10]"),
         ({"page_size": 0}, "page_size must be an int >= 1"),
         ({"http_timeout": 0}, "http_timeout must be > 0"),

@@ -46,6 +46,9 @@ class WebNav:
         instead of searching.
     size_query_prob: probability that a demonstrator who is not guessing searches for the item's
         name and size ("red wool hat, M", which lists that one item) rather than its name alone.
+    fix_prob: probability that a guessing demonstrator who lands on an item of the wrong size
+        (the item page says "size L", the goal "size M") goes back and clicks the right one; the
+        rest of the time it carries on with the wrong item. The check that RL can make a habit of.
     http_timeout: seconds an HTTP request (or a page load in the browser) may take.
     chromium: the Chromium executable of the browser backend.
     """
@@ -71,6 +74,7 @@ class WebNav:
         mistake_prob: float = 0.0,
         browse_prob: float = 0.0,
         size_query_prob: float = 0.0,
+        fix_prob: float = 0.0,
         http_timeout: float = 10.0,
         chromium: str = "/usr/bin/chromium",
     ):
@@ -89,6 +93,7 @@ class WebNav:
         self.mistake_prob = float(mistake_prob)
         self.browse_prob = float(browse_prob)
         self.size_query_prob = float(size_query_prob)
+        self.fix_prob = float(fix_prob)
         self.http_timeout = float(http_timeout)
         self.chromium = chromium
         self.system_prompt = SYSTEM_PROMPT
@@ -186,7 +191,8 @@ class WebNav:
     def oracle(self, task: Task, rng: random.Random) -> list[str]:
         """A demonstration: the actions of a shopper reading the pages (text backend).
 
-        With ``guess_prob`` it takes the first listed item of the right name whatever its size;
+        With ``guess_prob`` it takes the first listed item of the right name whatever its size
+        (and with ``fix_prob``, seeing the wrong size on its page, goes back for the right one);
         with ``mistake_prob`` it ends with a mistyped price or name. Deterministic given ``rng``.
         """
         return _Demonstrator(self, task, rng).run()
@@ -242,6 +248,8 @@ class _Demonstrator:
         self.size_query = (
             suite.size_query_prob > 0 and not self.guess and rng.random() < suite.size_query_prob
         )
+        # likewise: drawn only when the option is on and the demonstrator guesses
+        self.fix = suite.fix_prob > 0 and self.guess and rng.random() < suite.fix_prob
 
     def act(self, action: str) -> None:
         self.actions.append(action)
@@ -290,7 +298,12 @@ class _Demonstrator:
             )
             if pick is not None:
                 self.act(A.click(pick.n))
-                return
+                if not (self.fix and pick.label != label):
+                    return
+                # the item page shows the wrong size: back to the listing, look for the right one
+                self.act("back")
+                self.guess = False
+                continue
             self.act(A.click(self.env.page.find("link", "next").n))
         raise RuntimeError(f"oracle: {label} not found on the site of {self.task.id}")
 
@@ -314,7 +327,14 @@ def _check_args(args: dict[str, Any]) -> None:
         )
     if args["backend"] not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {args['backend']!r}")
-    for key in ("buy_prob", "guess_prob", "mistake_prob", "browse_prob", "size_query_prob"):
+    for key in (
+        "buy_prob",
+        "guess_prob",
+        "mistake_prob",
+        "browse_prob",
+        "size_query_prob",
+        "fix_prob",
+    ):
         p = args[key]
         if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise ValueError(f"{key} must be in [0, 1], got {p!r}")
