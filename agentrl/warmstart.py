@@ -3,7 +3,11 @@
 Demonstrations are the oracle's actions replayed through the env, so their tokens are laid out
 exactly as rollouts are (the same ChatFormat), and the loss is taken on the action tokens only.
 The result is cached under ``cache_dir/<key>``, the key being a hash of everything that shapes
-it (model, env, warm-start settings), so the next run with the same settings reuses it.
+it (model, env, warm-start settings), so the next run with the same settings reuses it. Each
+entry also records a hash of what was actually trained on (the demonstrations' tokens, the model,
+the warm-start settings): a run whose config differs only in ways the demonstrations do not see
+(a new env option left at its default, a timeout) finds that twin and copies its weights instead
+of training again.
 """
 
 from __future__ import annotations
@@ -114,14 +118,25 @@ class WarmStart:
         self.cache_dir = cache_dir
         self.seed = seed
 
+    def _settings(self) -> dict:
+        names = ("steps", "batch_size", "lr", "weight_decay", "num_demos", "seed")
+        return {k: getattr(self, k) for k in names}
+
     def key(self, identity: dict) -> str:
         """A hash of the settings that shape the warm-started weights."""
-        own = {
-            k: getattr(self, k)
-            for k in ("steps", "batch_size", "lr", "weight_decay", "num_demos", "seed")
-        }
-        blob = json.dumps({"warmstart": own, **identity}, sort_keys=True, default=str)
+        blob = json.dumps({"warmstart": self._settings(), **identity}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def content_key(self, identity: dict, batch) -> str:
+        """A hash of what training sees: the demonstrations' tokens and loss masks, the model
+        (``identity["model"]``) and the warm-start settings; the env config is left out."""
+        h = hashlib.sha256()
+        head = {"warmstart": self._settings(), "model": identity.get("model")}
+        h.update(json.dumps(head, sort_keys=True, default=str).encode())
+        for t in (batch.input_ids, batch.attention_mask, batch.loss_mask):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def demonstrations(self, runner: EpisodeRunner, suite):
         tasks = suite.tasks("train")[: self.num_demos]
@@ -139,15 +154,29 @@ class WarmStart:
         # one process trains, the others (DDP ranks under srun, a sweep's jobs) wait and reuse
         with open(folder.parent / f"{folder.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            return self._run(policy, tokenizer, runner, suite, folder, trainer_kwargs)
+            return self._run(policy, tokenizer, runner, suite, folder, identity, trainer_kwargs)
 
-    def _run(self, policy, tokenizer, runner, suite, folder: Path, trainer_kwargs: dict):
+    def _run(self, policy, tokenizer, runner, suite, folder: Path, identity, trainer_kwargs):
         weights = folder / "model.pt"
         if weights.exists():
             log.info("warm start: reusing %s", folder)
             policy.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
             return folder
         demos = self.demonstrations(runner, suite)
+        batch = collate(demos, tokenizer.pad_token_id)
+        content = self.content_key(identity, batch)
+        twin = self._twin(folder.parent, content)
+        if twin is not None:
+            log.info(
+                "warm start: %s trained on the same demonstrations, model and settings; "
+                "reusing its weights for %s",
+                twin,
+                folder,
+            )
+            state = torch.load(twin / "model.pt", map_location="cpu", weights_only=True)
+            policy.load_state_dict(state)
+            self._save(policy, folder, content)
+            return folder
         solved = sum(bool(d.success) for d in demos) / len(demos)
         log.info(
             "warm start: %d demonstrations (%.0f%% correct), %d steps",
@@ -155,7 +184,25 @@ class WarmStart:
             100 * solved,
             self.steps,
         )
-        batch = collate(demos, tokenizer.pad_token_id)
+        trainer = self._train(policy, batch, trainer_kwargs)
+        if trainer.global_rank == 0:
+            self._save(policy, folder, content)
+        trainer.strategy.barrier()
+        return folder
+
+    @staticmethod
+    def _twin(cache: Path, content: str) -> Path | None:
+        """A cached entry whose recorded content key is ``content`` (None if there is none)."""
+        for entry in sorted(cache.glob("*/content.key")):
+            try:
+                same = entry.read_text().strip() == content
+            except OSError:
+                continue
+            if same and (entry.parent / "model.pt").is_file():
+                return entry.parent
+        return None
+
+    def _train(self, policy, batch, trainer_kwargs: dict):
         data = torch.utils.data.TensorDataset(
             batch.input_ids, batch.attention_mask, batch.loss_mask
         )
@@ -174,16 +221,14 @@ class WarmStart:
                 policy, self.lr, self.weight_decay, self.steps, self.warmup_steps, self.min_lr_ratio
             )
             trainer.fit(sft, loader)
-        if trainer.global_rank == 0:
-            self._save(policy, folder)
-        trainer.strategy.barrier()
-        return folder
+        return trainer
 
     @staticmethod
-    def _save(policy, folder: Path) -> None:
+    def _save(policy, folder: Path, content: str) -> None:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
         torch.save(policy.state_dict(), tmp / "model.pt")
+        (tmp / "content.key").write_text(content + "\n")
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

@@ -1,0 +1,96 @@
+"""The warm-start cache: by config, and by what training saw (a config change the demonstrations
+do not see reuses the weights instead of training again)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from agentrl.models.factory import TinyModel
+from agentrl.warmstart import WarmStart
+
+MODEL = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1}
+TRAINER = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_model_summary": False,
+    "enable_progress_bar": False,
+}
+
+
+TRAIN = WarmStart._train
+
+
+@dataclass
+class Demo:
+    token_ids: list[int]
+    loss_mask: list[int]
+    logprobs: list[float] = field(default_factory=list)
+    success: bool = True
+
+    def __post_init__(self):
+        self.logprobs = [0.0] * len(self.token_ids)
+
+
+def demos(shift: int) -> list[Demo]:
+    return [Demo([5 + i, 9, 20 + (i + shift) % 7, 2], [0, 0, 1, 1]) for i in range(12)]
+
+
+def warm(tmp_path, monkeypatch, env: dict, shift: int, trained: list):
+    ws = WarmStart(steps=3, batch_size=4, num_demos=12, cache_dir=str(tmp_path / "ws"))
+    monkeypatch.setattr(WarmStart, "demonstrations", lambda self, runner, suite: demos(shift))
+
+    def counting(self, *args):
+        trained.append(env)
+        return TRAIN(self, *args)
+
+    monkeypatch.setattr(WarmStart, "_train", counting)
+    model, tok = TinyModel(**MODEL).load()
+    identity = {"model": MODEL, "env": env, "role": "user"}
+    folder = ws.run(model, tok, None, None, identity, TRAINER)
+    return folder, model
+
+
+def test_same_demonstrations_under_another_config_reuse_the_weights(tmp_path, monkeypatch):
+    trained: list = []
+    a, model_a = warm(tmp_path, monkeypatch, {"timeout": 1}, 0, trained)
+    # the env config differs (a new key at its default, say), the demonstrations do not
+    b, model_b = warm(tmp_path, monkeypatch, {"timeout": 1, "new_option": 0}, 0, trained)
+    assert trained == [{"timeout": 1}], "the second run trained again"
+    assert a != b and (b / "model.pt").is_file()
+    assert (a / "content.key").read_text() == (b / "content.key").read_text()
+    for k, v in model_a.state_dict().items():
+        assert torch.equal(v, model_b.state_dict()[k]), k
+    # the weights really were trained (not the fresh initialisation)
+    fresh = TinyModel(**MODEL).load()[0].state_dict()
+    assert any(not torch.equal(v, fresh[k]) for k, v in model_b.state_dict().items())
+    # other demonstrations under a third config: trained, a cache entry of their own
+    c, _ = warm(tmp_path, monkeypatch, {"timeout": 2}, 3, trained)
+    assert trained[-1] == {"timeout": 2} and len(trained) == 2
+    assert (c / "content.key").read_text() != (a / "content.key").read_text()
+    # and the config key still short-cuts everything: no demonstrations needed
+    monkeypatch.setattr(
+        WarmStart, "demonstrations", lambda *a: (_ for _ in ()).throw(AssertionError)
+    )
+    ws = WarmStart(steps=3, batch_size=4, num_demos=12, cache_dir=str(tmp_path / "ws"))
+    model, tok = TinyModel(**MODEL).load()
+    identity = {"model": MODEL, "env": {"timeout": 1, "new_option": 0}, "role": "user"}
+    assert ws.run(model, tok, None, None, identity, TRAINER) == b
+
+
+def test_content_key_covers_the_model_and_the_settings():
+    _, tok = TinyModel(**MODEL).load()
+    from agentrl.batching import collate
+
+    batch = collate(demos(0), tok.pad_token_id)
+    ws = WarmStart(steps=3, batch_size=4, num_demos=12)
+    key = ws.content_key({"model": MODEL, "env": {"a": 1}}, batch)
+    assert ws.content_key({"model": MODEL, "env": {"a": 2}}, batch) == key
+    assert ws.content_key({"model": {**MODEL, "seed": 1}}, batch) != key
+    assert (
+        WarmStart(steps=4, batch_size=4, num_demos=12).content_key({"model": MODEL}, batch) != key
+    )
+    assert ws.content_key({"model": MODEL}, collate(demos(1), tok.pad_token_id)) != key
