@@ -79,6 +79,12 @@ def check_config(cfg: DictConfig) -> None:
     devices = cfg.trainer.get("devices")
     if isinstance(devices, int) and devices < 1:
         raise ConfigError(f"trainer.devices must be >= 1, got {cfg.trainer.devices}")
+    every, steps = cfg.trainer.get("val_check_interval"), cfg.data.get("steps")
+    if isinstance(every, int) and isinstance(steps, int) and 0 < steps < every:
+        raise ConfigError(
+            f"trainer.val_check_interval={every} is more than data.steps={steps}: the run would "
+            f"never validate; set trainer.val_check_interval to at most {steps}"
+        )
 
 
 def build_components(cfg: DictConfig) -> dict:

@@ -89,6 +89,7 @@ def test_experiments_and_debug_options_compose(make_cfg):
         ("env.max_turns=0", "max_turns must be >= 1"),
         ("warmstart.steps=0", "warmstart.steps must be >= 1"),
         ("rollout.engine.micro_batch_size=0", "micro_batch_size must be >= 1"),
+        ("data.steps=5", "trainer.val_check_interval=10 is more than data.steps=5"),
     ],
 )
 def test_bad_values_fail_before_compute(make_cfg, override, message):
