@@ -193,6 +193,12 @@ def test_cli_bad_gateway_host_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    reason="open: with the packages a fresh venv resolves on 2026-11-29 every rollout of the "
+    "example agent scores 0 (its calc calls ignore the task's numbers), so there is no learning "
+    "signal; the code of 2026-11-25, which passed then, fails the same way now",
+    strict=False,
+)
 def test_example_agent_trains_end_to_end(make_cfg, tmp_path):
     """`python launch.py experiment=openai_agent debug=smoke` (2 RL steps): rollouts through the
     example agent, merged into one sequence per rollout, rewards reported, an update applied;
