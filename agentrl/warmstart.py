@@ -192,8 +192,11 @@ class WarmStart:
 
     @staticmethod
     def _twin(cache: Path, content: str) -> Path | None:
-        """A cached entry whose recorded content key is ``content`` (None if there is none)."""
+        """A cached entry whose recorded content key is ``content`` (None if there is none).
+        Half-written entries (``.tmp-*``, another process's or a crashed one's) are not entries."""
         for entry in sorted(cache.glob("*/content.key")):
+            if entry.parent.name.startswith("."):
+                continue
             try:
                 same = entry.read_text().strip() == content
             except OSError:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from agentrl.batching import collate
 from agentrl.models.factory import TinyModel
 from agentrl.warmstart import WarmStart
 
@@ -56,6 +57,12 @@ def warm(tmp_path, monkeypatch, env: dict, shift: int, trained: list):
 
 def test_same_demonstrations_under_another_config_reuse_the_weights(tmp_path, monkeypatch):
     trained: list = []
+    # a half-written entry with the same content (another process's, or left by a crash) is no twin
+    ws = WarmStart(steps=3, batch_size=4, num_demos=12)
+    tmp = tmp_path / "ws" / ".tmp-left"
+    tmp.mkdir(parents=True)
+    (tmp / "content.key").write_text(ws.content_key({"model": MODEL}, collate(demos(0), 0)) + "\n")
+    torch.save({}, tmp / "model.pt")
     a, model_a = warm(tmp_path, monkeypatch, {"timeout": 1}, 0, trained)
     # the env config differs (a new key at its default, say), the demonstrations do not
     b, model_b = warm(tmp_path, monkeypatch, {"timeout": 1, "new_option": 0}, 0, trained)
@@ -83,8 +90,6 @@ def test_same_demonstrations_under_another_config_reuse_the_weights(tmp_path, mo
 
 def test_content_key_covers_the_model_and_the_settings():
     _, tok = TinyModel(**MODEL).load()
-    from agentrl.batching import collate
-
     batch = collate(demos(0), tok.pad_token_id)
     ws = WarmStart(steps=3, batch_size=4, num_demos=12)
     key = ws.content_key({"model": MODEL, "env": {"a": 1}}, batch)
