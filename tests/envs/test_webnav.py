@@ -63,6 +63,17 @@ def test_site_is_deterministic_from_its_seed():
     assert len({(it.name, it.size) for it in site.items}) == len(site.items)
 
 
+def test_search_matches_every_word_and_ignores_fillers():
+    site = generate_site(7)
+    item = site.items[0]
+    assert site.search(f"{item.name}, {item.size}") == [item]
+    assert site.search(f"the {item.name}, size {item.size}") == [item]
+    assert site.search(f"{item.name} size") == site.search(item.name)
+    assert item in site.search(item.name) and len(site.search(item.name)) > 1
+    assert site.search("the size of") == []  # fillers alone are an empty query
+    assert site.search(f"{item.name} purple-ish") == []
+
+
 def test_tasks_are_deterministic_and_splits_disjoint_by_site():
     a, b = WebNav(seed=3, **SMALL), WebNav(seed=3, **SMALL)
     for split in ("train", "val", "test"):
@@ -310,13 +321,15 @@ def test_imperfect_oracle_fails_sometimes_and_verify_says_so():
 
 
 def test_oracle_searching_with_the_size_lists_the_one_item():
-    """size_query_prob=1: the demonstrator who checks sizes types "name, size" and the search
-    lists that item alone; the guessing one still types the name and takes the first result."""
+    """size_query_prob=1: the demonstrator who checks sizes types the goal's words ("name, size
+    M") and the search lists that item alone; the guessing one still types the name and takes the
+    first result."""
     with WebNav(seed=0, buy_prob=0.0, size_query_prob=1.0, **SMALL) as s:
         for task in s.tasks("val")[:10]:
             item = task.meta["item"]
             demo = s.oracle(task, random.Random(0))
-            assert demo[0].endswith(f'"{item["name"]}, {item["size"]}"'), demo
+            assert demo[0].endswith(f'"{item["name"]}, size {item["size"]}"'), demo
+            assert f"the {item['name']}, size {item['size']}." in task.prompt  # a copy of the goal
             env = s.make()
             env.reset(task)
             env.step(demo[0])
@@ -334,7 +347,7 @@ def test_oracle_searching_with_the_size_lists_the_one_item():
         rng = random.Random(3)
         demos = [a.oracle(t, rng) for t in a.tasks("val")]
         assert all(
-            not d[0].endswith(f', {t.meta["item"]["size"]}"')
+            f"size {t.meta['item']['size']}" not in d[0]
             for d, t in zip(demos, a.tasks("val"))
             if d[0].startswith("type")
         )

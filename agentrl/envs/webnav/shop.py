@@ -7,7 +7,8 @@ is one item with its own id and price. Pages (paths relative to a session's ``/s
     ""              home: search box, category links, a JavaScript-filled "deal" link
     c/<kind>?p=N    a category, page N (``page_size`` items a page; "page i/n", prev/next links
                     when there is more than one page)
-    search?q=..&p=N search results (items whose words contain every query word), paginated
+    search?q=..&p=N search results (items whose words contain every query word; fillers such as
+                    "the" or "size" are ignored), paginated
     i/<id>          an item: its name, size and price, an "Add to cart" form (POST cart/add)
     cart            the cart: items, "Remove" forms (POST cart/remove), total, checkout link
     checkout        a form asking for a name (POST checkout -> order/<n>, or the error shown)
@@ -29,6 +30,9 @@ KINDS = ("hat", "bag", "shoe", "shirt", "scarf", "belt", "sock", "coat", "glove"
 COLORS = ("red", "blue", "green", "black", "white", "gray", "pink", "brown")
 MATERIALS = ("wool", "cotton", "linen", "leather", "silk", "denim")
 SIZES = ("S", "M", "L")
+# words a search ignores, as shop search engines drop stopwords: "the red wool hat, size M" finds
+# what "red wool hat m" finds
+FILLER_WORDS = frozenset({"a", "an", "the", "of", "size"})
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ class Site:
         return [it for it in self.items if it.kind == kind]
 
     def search(self, query: str) -> list[Item]:
-        words = query.lower().replace(",", " ").split()
+        words = [w for w in query.lower().replace(",", " ").split() if w not in FILLER_WORDS]
         if not words:
             return []
         return [it for it in self.items if all(w in it.words() for w in words)]

@@ -45,7 +45,8 @@ class WebNav:
     browse_prob: probability that the demonstrator browses the category pages (following "next")
         instead of searching.
     size_query_prob: probability that a demonstrator who is not guessing searches for the item's
-        name and size ("red wool hat, M", which lists that one item) rather than its name alone.
+        name and size in the goal's own words ("red wool hat, size M", which lists that one item)
+        rather than its name alone.
     fix_prob: probability that a guessing demonstrator who lands on an item of the wrong size
         (the item page says "size L", the goal "size M") goes back and clicks the right one; the
         rest of the time it carries on with the wrong item. The check that RL can make a habit of.
@@ -285,7 +286,8 @@ class _Demonstrator:
         if self.browse:
             self.act(A.click(self.env.page.find("link", plural(self.item["kind"])).n))
         else:
-            query = label if self.size_query else name
+            # the size query copies the goal's words ("..., size M"), not the listing's ("..., M")
+            query = f"{name}, size {self.item['size']}" if self.size_query else name
             self.act(A.type_(self.env.page.find("field", "search").n, query))
             self.act("submit")
         for _ in range(50):
