@@ -80,6 +80,28 @@ class SFTModule(L.LightningModule):
         )
 
 
+def warn_long_actions(chat, suite, actions: list[str]) -> int:
+    """Warn when demonstrated actions take more tokens (end of turn included) than the policy may
+    generate in a turn (``env.max_action_tokens``): imitation would teach actions that rollouts
+    cut off. Returns how many are too long."""
+    limit = getattr(suite, "max_action_tokens", None)
+    if chat is None or not limit or not actions:
+        return 0
+    lengths = [len(chat.action_ids(a)) for a in actions]
+    over = [n for n in lengths if n > limit]
+    if over:
+        log.warning(
+            "warm start: %d of %d demonstrated actions are longer than env.max_action_tokens=%d "
+            "tokens (longest %d, e.g. %r); rollouts cut them off; raise env.max_action_tokens",
+            len(over),
+            len(actions),
+            limit,
+            max(over),
+            actions[lengths.index(max(over))],
+        )
+    return len(over)
+
+
 class WarmStart:
     """enabled: run the stage at all; steps, batch_size, lr, weight_decay: the SFT optimisation;
     num_demos: how many train tasks get a demonstration; cache_dir: where results are kept."""
@@ -141,7 +163,9 @@ class WarmStart:
     def demonstrations(self, runner: EpisodeRunner, suite):
         tasks = suite.tasks("train")[: self.num_demos]
         rng = random.Random(self.seed)
-        return [runner.demonstration(t, suite.oracle(t, rng)) for t in tasks]
+        plans = [(t, suite.oracle(t, rng)) for t in tasks]
+        warn_long_actions(getattr(runner, "chat", None), suite, [a for _, a_ in plans for a in a_])
+        return [runner.demonstration(t, actions) for t, actions in plans]
 
     def run(
         self, policy, tokenizer, runner: EpisodeRunner, suite, identity: dict, trainer_kwargs: dict

@@ -99,3 +99,47 @@ def test_content_key_covers_the_model_and_the_settings():
         WarmStart(steps=4, batch_size=4, num_demos=12).content_key({"model": MODEL}, batch) != key
     )
     assert ws.content_key({"model": MODEL}, collate(demos(1), tok.pad_token_id)) != key
+
+
+def test_demonstrated_actions_longer_than_a_turn_are_warned_about(caplog):
+    """An action the policy could not finish within env.max_action_tokens is named in a warning
+    (imitation would teach what rollouts cut off); webnav's size queries fit its default."""
+    import logging
+    import random
+    from types import SimpleNamespace
+
+    from agentrl.envs.webnav.suite import WebNav
+    from agentrl.models.tokenizer import load_tiny_tokenizer
+    from agentrl.rollout.chat import ChatFormat
+    from agentrl.warmstart import warn_long_actions
+
+    chat = SimpleNamespace(action_ids=lambda a: list(a) + [0])  # one token a character + end
+    with caplog.at_level(logging.WARNING, logger="agentrl.warmstart"):
+        assert warn_long_actions(chat, SimpleNamespace(max_action_tokens=4), ["abc", "abcd"]) == 1
+    assert "1 of 2 demonstrated actions are longer than env.max_action_tokens=4" in caplog.text
+    assert "'abcd'" in caplog.text
+    caplog.clear()
+    assert warn_long_actions(chat, SimpleNamespace(max_action_tokens=5), ["abc", "abcd"]) == 0
+    assert warn_long_actions(None, SimpleNamespace(max_action_tokens=1), ["abc"]) == 0
+    assert not caplog.text
+
+    # the warm start checks its demonstrations
+    ws = WarmStart(steps=1, batch_size=1, num_demos=2, cache_dir="unused")
+    suite = SimpleNamespace(
+        max_action_tokens=3, tasks=lambda split: ["t1", "t2"], oracle=lambda t, rng: ["abcdef"]
+    )
+    runner = SimpleNamespace(chat=chat, demonstration=lambda t, actions: (t, actions))
+    with caplog.at_level(logging.WARNING, logger="agentrl.warmstart"):
+        assert ws.demonstrations(runner, suite) == [("t1", ["abcdef"]), ("t2", ["abcdef"])]
+    assert "2 of 2 demonstrated actions" in caplog.text
+    caplog.clear()
+
+    chat = ChatFormat(load_tiny_tokenizer())
+    kw = {"buy_prob": 0.0, "num_train": 60, "num_val": 5, "num_test": 5}
+    with WebNav(seed=0, size_query_prob=1.0, **kw) as suite:
+        rng = random.Random(0)
+        actions = [a for t in suite.tasks("train") for a in suite.oracle(t, rng)]
+        assert any("size" in a for a in actions)
+        assert warn_long_actions(chat, suite, actions) == 0  # the default, 32, fits them
+        suite.max_action_tokens = 24  # the old setting cut them off
+        assert warn_long_actions(chat, suite, actions) > 0
