@@ -164,7 +164,9 @@ class WarmStart:
         tasks = suite.tasks("train")[: self.num_demos]
         rng = random.Random(self.seed)
         plans = [(t, suite.oracle(t, rng)) for t in tasks]
-        warn_long_actions(getattr(runner, "chat", None), suite, [a for _, a_ in plans for a in a_])
+        warn_long_actions(
+            getattr(runner, "chat", None), suite, [a for _, acts in plans for a in acts]
+        )
         return [runner.demonstration(t, actions) for t, actions in plans]
 
     def run(
