@@ -85,7 +85,7 @@ def warn_long_actions(chat, suite, actions: list[str]) -> int:
     generate in a turn (``env.max_action_tokens``): imitation would teach actions that rollouts
     cut off. Returns how many are too long."""
     limit = getattr(suite, "max_action_tokens", None)
-    if chat is None or not limit or not actions:
+    if not limit or not actions:
         return 0
     lengths = [len(chat.action_ids(a)) for a in actions]
     over = [n for n in lengths if n > limit]
@@ -164,9 +164,7 @@ class WarmStart:
         tasks = suite.tasks("train")[: self.num_demos]
         rng = random.Random(self.seed)
         plans = [(t, suite.oracle(t, rng)) for t in tasks]
-        warn_long_actions(
-            getattr(runner, "chat", None), suite, [a for _, acts in plans for a in acts]
-        )
+        warn_long_actions(runner.chat, suite, [a for _, acts in plans for a in acts])
         return [runner.demonstration(t, actions) for t, actions in plans]
 
     def run(

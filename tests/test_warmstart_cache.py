@@ -120,7 +120,6 @@ def test_demonstrated_actions_longer_than_a_turn_are_warned_about(caplog):
     assert "'abcd'" in caplog.text
     caplog.clear()
     assert warn_long_actions(chat, SimpleNamespace(max_action_tokens=5), ["abc", "abcd"]) == 0
-    assert warn_long_actions(None, SimpleNamespace(max_action_tokens=1), ["abc"]) == 0
     assert not caplog.text
 
     # the warm start checks its demonstrations
