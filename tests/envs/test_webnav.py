@@ -392,6 +392,45 @@ def test_guessing_oracle_that_fixes_goes_back_for_the_right_size():
         ]
 
 
+def test_lazy_oracle_searches_the_kind_and_clicks_the_first_item():
+    """kind_query_prob=1: every searching demonstrator types the kind alone and clicks the first
+    item listed (of that kind, any name or size), right only when the wanted one comes first;
+    buying and browsing demonstrators still reach an item; off, no random number is drawn."""
+    kw = {"buy_prob": 0.0, "mistake_prob": 0.0, **SMALL}
+    with WebNav(seed=0, kind_query_prob=1.0, fix_prob=1.0, guess_prob=1.0, **kw) as s:
+        right = 0
+        for task in s.tasks("val"):
+            item = task.meta["item"]
+            demo = s.oracle(task, random.Random(0))
+            assert demo[:3] == ['type [3] "' + item["kind"] + '"', "submit", "click [3]"], demo
+            assert "back" not in demo  # a lazy searcher does not check (fix_prob ignored)
+            env = play(s, task, demo[:2])
+            first = next(e.label for e in env.page.elements if e.kind == "link" and "," in e.label)
+            assert first.split(",")[0].endswith(" " + item["kind"])
+            ok = s.verify(task, play(s, task, demo))
+            assert ok == (first == f"{item['name']}, {item['size']}")
+            right += ok
+        assert 0 < right < len(s.tasks("val")) / 2
+    with WebNav(seed=0, kind_query_prob=1.0, browse_prob=1.0, buy_prob=0.5, **SMALL) as s:
+        for task in s.tasks("val")[:10]:
+            demo = s.oracle(task, random.Random(0))
+            assert demo[0].startswith("click") and s.verify(task, play(s, task, demo))
+    with (
+        WebNav(seed=0, guess_prob=0.5, **SMALL) as a,
+        WebNav(seed=0, guess_prob=0.5, kind_query_prob=0.0, **SMALL) as b,
+        WebNav(seed=0, guess_prob=0.5, kind_query_prob=0.5, **SMALL) as c,
+    ):
+        ra, rb, rc = random.Random(5), random.Random(5), random.Random(5)
+        da = [a.oracle(t, ra) for t in a.tasks("val")]
+        assert da == [b.oracle(t, rb) for t in b.tasks("val")]
+        lazy = [
+            d
+            for t, d in zip(c.tasks("val"), (c.oracle(t, rc) for t in c.tasks("val")))
+            if d[0] == f'type [3] "{t.meta["item"]["kind"]}"'
+        ]
+        assert 0 < len(lazy) < len(da)
+
+
 def test_verifier_rules(suite):
     task = price_task(suite)
     price = task.answer
@@ -499,6 +538,7 @@ def test_config_instantiates_with_every_default():
         ({"max_turns": 0}, "max_turns must be >= 1"),
         ({"guess_prob": 1.5}, "guess_prob must be in [0, 1]"),
         ({"size_query_prob": -0.1}, "size_query_prob must be in [0, 1]"),
+        ({"kind_query_prob": 1.5}, "kind_query_prob must be in [0, 1]"),
         ({"fix_prob": 1.5}, "fix_prob must be in [0, 1]"),
         ({"num_categories": 11}, "num_categories must be an int in [1, 10]"),
         ({"page_size": 0}, "page_size must be an int >= 1"),

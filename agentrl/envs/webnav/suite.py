@@ -50,6 +50,10 @@ class WebNav:
     fix_prob: probability that a guessing demonstrator who lands on an item of the wrong size
         (the item page says "size L", the goal "size M") goes back and clicks the right one; the
         rest of the time it carries on with the wrong item. The check that RL can make a habit of.
+    kind_query_prob: probability that a searching demonstrator types only the kind of goods
+        ("belt", not "white linen belt") and clicks the first item listed, whatever its name and
+        size: a lazy search, right only when the wanted item happens to come first, that RL can
+        replace with the item's full name (a choice the tiny model can make: it copies names).
     http_timeout: seconds an HTTP request (or a page load in the browser) may take.
     chromium: the Chromium executable of the browser backend.
     """
@@ -76,6 +80,7 @@ class WebNav:
         browse_prob: float = 0.0,
         size_query_prob: float = 0.0,
         fix_prob: float = 0.0,
+        kind_query_prob: float = 0.0,
         http_timeout: float = 10.0,
         chromium: str = "/usr/bin/chromium",
     ):
@@ -95,6 +100,7 @@ class WebNav:
         self.browse_prob = float(browse_prob)
         self.size_query_prob = float(size_query_prob)
         self.fix_prob = float(fix_prob)
+        self.kind_query_prob = float(kind_query_prob)
         self.http_timeout = float(http_timeout)
         self.chromium = chromium
         self.system_prompt = SYSTEM_PROMPT
@@ -251,6 +257,12 @@ class _Demonstrator:
         )
         # likewise: drawn only when the option is on and the demonstrator guesses
         self.fix = suite.fix_prob > 0 and self.guess and rng.random() < suite.fix_prob
+        # likewise: drawn only when the option is on and the demonstrator searches
+        self.kind_query = (
+            suite.kind_query_prob > 0 and not self.browse and rng.random() < suite.kind_query_prob
+        )
+        # a lazy searcher does not check what it clicked
+        self.fix = self.fix and not self.kind_query
 
     def act(self, action: str) -> None:
         self.actions.append(action)
@@ -288,16 +300,21 @@ class _Demonstrator:
         else:
             # the size query copies the goal's words ("..., size M"), not the listing's ("..., M")
             query = f"{name}, size {self.item['size']}" if self.size_query else name
+            if self.kind_query:
+                query = self.item["kind"]
             self.act(A.type_(self.env.page.find("field", "search").n, query))
             self.act("submit")
         for _ in range(50):
             links = [e for e in self.env.page.elements if e.kind == "link"]
             named = [e for e in links if e.label.startswith(name + ",")]
-            pick = (
-                named[0]
-                if self.guess and named
-                else next((e for e in links if e.label == label), None)
-            )
+            if self.kind_query:
+                # the first listed item of that kind, whichever it is
+                kind = f" {self.item['kind']},"
+                pick = next((e for e in links if kind in e.label), None)
+            elif self.guess and named:
+                pick = named[0]
+            else:
+                pick = next((e for e in links if e.label == label), None)
             if pick is not None:
                 self.act(A.click(pick.n))
                 if not (self.fix and pick.label != label):
@@ -336,6 +353,7 @@ def _check_args(args: dict[str, Any]) -> None:
         "browse_prob",
         "size_query_prob",
         "fix_prob",
+        "kind_query_prob",
     ):
         p = args[key]
         if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
