@@ -52,9 +52,9 @@ def resolve_checkpoint(cfg: DictConfig) -> str | None:
     return None
 
 
-def checkpoint_rl_step(path: str) -> int:
-    """The RL step a checkpoint was taken at (memory-mapped: the weights are not read). A sharded
-    (FSDP) checkpoint is a folder whose ``meta.pt`` holds everything but the tensors."""
+def _checkpoint_meta(path: str) -> dict:
+    """A checkpoint's contents, memory-mapped (the weights are not read). A sharded (FSDP)
+    checkpoint is a folder whose ``meta.pt`` holds everything but the tensors."""
     try:
         meta = Path(path) / "meta.pt" if Path(path).is_dir() else Path(path)
         state = torch.load(meta, map_location="cpu", weights_only=True, mmap=True)
@@ -65,7 +65,39 @@ def checkpoint_rl_step(path: str) -> int:
         ) from exc
     if "agentrl" not in state:
         raise ConfigError(f"checkpoint {path} was not written by agentrl")
-    return int(state["agentrl"]["rl_step"])
+    return state
+
+
+def checkpoint_rl_step(path: str) -> int:
+    """The RL step a checkpoint was taken at."""
+    return int(_checkpoint_meta(path)["agentrl"]["rl_step"])
+
+
+def extend_finished_run(trainer: L.Trainer, path: str, steps: int) -> None:
+    """Let a finished run go on when ``data.steps`` was raised since.
+
+    A run's RL steps are one Lightning epoch; the checkpoint of a finished run records that
+    epoch as completed, so Lightning, restored from it, stops at once (``max_epochs`` reached).
+    When the checkpoint is at an earlier RL step than ``steps``, the trainer is given one more
+    epoch, in which the task stream resumes at the checkpoint's step (the module sets its
+    position) and runs to ``steps``."""
+    state = _checkpoint_meta(path)
+    rl_step = int(state["agentrl"]["rl_step"])
+    loop = state.get("loops", {}).get("fit_loop", {})
+    epochs = loop.get("epoch_progress", {}).get("current", {})
+    done = int(epochs.get("completed", 0))
+    # saved at the epoch's last batch (its final validation) before the epoch was marked done:
+    # Lightning's restore marks it done
+    if loop.get("epoch_loop.batch_progress", {}).get("is_last_batch") and epochs.get(
+        "processed", 0
+    ) < epochs.get("started", 0):
+        done += 1
+    max_epochs = trainer.fit_loop.max_epochs
+    if rl_step >= steps:
+        log.info("the run in this directory already took its data.steps=%d RL steps", steps)
+    elif max_epochs is not None and 0 <= max_epochs <= done:
+        trainer.fit_loop.max_epochs = done + 1
+        log.info("extending a finished run from RL step %d to data.steps=%d", rl_step, steps)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -170,6 +202,7 @@ def fit(cfg: DictConfig, parts: dict) -> dict[str, float]:
         step = checkpoint_rl_step(ckpt)
         dropped = truncate_metrics(cfg.paths.output_dir, step)
         log.info("resuming from %s (RL step %d; %d later metric rows dropped)", ckpt, step, dropped)
+        extend_finished_run(trainer, ckpt, cfg.data.steps)
     policy = apply_adapter(policy, cfg.adapter)
     module = instantiate(cfg.module, "module")(
         policy=policy,

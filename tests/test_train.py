@@ -108,6 +108,21 @@ def test_same_seed_same_metrics_and_resume_reproduces(make_cfg, tmp_path, monkey
         got = [(r["train/rl_step"], r[key]) for r in rows_with(c, key)]
         assert [s for s, _ in got] == [s for s, _ in want], key
         assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-6), key
+    # a finished 2-step run, rerun in place with data.steps raised to 4: it goes on from step 2
+    # (Lightning alone would stop at once, its one epoch done) and matches the 4-step run
+    short = [o for o in common if not o.startswith("data.steps=")]
+    run(make_cfg(*short, "data.steps=2", run="d"))
+    assert len(rows_with(metrics_rows(tmp_path / "d"), "rollout/reward_mean")) == 2
+    run(make_cfg(*common, run="d"))
+    d = metrics_rows(tmp_path / "d")
+    for key in ("rollout/reward_mean", "loss/policy", "val/success_rate"):
+        want = [(r["train/rl_step"], r[key]) for r in rows_with(a, key)]
+        got = [(r["train/rl_step"], r[key]) for r in rows_with(d, key)]
+        assert [s for s, _ in got] == [s for s, _ in want], key
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-6), key
+    # a third call with the same data.steps has nothing left to do
+    run(make_cfg(*common, run="d"))
+    assert metrics_rows(tmp_path / "d") == d
     rewards = [r["rollout/reward_mean"] for r in rows_with(a, "rollout/reward_mean")]
     assert any(r != 0 for r in rewards), "the comparison would be trivial"
 
