@@ -23,6 +23,7 @@ from agentrl.evaluation.episodes import (
     Suite,
     build_suites,
     check_tokenizer,
+    env_mismatch,
     run_suite,
     training_overlap,
 )
@@ -106,6 +107,11 @@ class Plan:
         self.policies.check(self.candidates)
         self.layouts = {c.label: layout(cfg, self.run_cfgs.get(c.run_dir)) for c in self.candidates}
         self._check_tokenizers()
+        # a run evaluated on suites that are not its env (e.g. webnav on the default toolcalc)
+        found = (env_mismatch(cfg.suites, rc.get("env"), d) for d, rc in self.run_cfgs.items())
+        self.mismatches = [m for m in found if m]
+        for m in self.mismatches:
+            log.warning("%s", m)
 
     def _check_tokenizers(self) -> None:
         seen = set()
@@ -119,7 +125,7 @@ class Plan:
                 check_tokenizer(c.label, tokenizer, model, suite, self.layouts[c.label])
 
     def notes(self) -> list[str]:
-        out = []
+        out = list(self.mismatches)
         for c in self.candidates:
             if c.kind == "baseline":
                 out.append(f"baseline = {self.policies.baseline_source(c)}")

@@ -142,6 +142,21 @@ def training_overlap(suite: Suite, suite_cfg: DictConfig, run_env_cfg: DictConfi
     return sum(t.prompt in train for t in suite.tasks)
 
 
+def env_mismatch(suites_cfg: DictConfig, run_env_cfg: DictConfig | None, run_dir: str) -> str:
+    """A sentence when a run trained on an env that no suite is (by ``_target_``), e.g. a webnav
+    run evaluated on the default toolcalc suite; "" otherwise."""
+    target = run_env_cfg.get("_target_") if run_env_cfg is not None else None
+    targets = {node.get("_target_") for node in suites_cfg.values() if node is not None}
+    if target is None or target in targets:
+        return ""
+    name = str(target).rsplit(".", 1)[-1].lower()
+    return (
+        f"the run {run_dir} trained on {target}, which no suite evaluates (suites: "
+        f"{', '.join(map(str, suites_cfg))}); for its own env add +env@suites.{name}={name} with "
+        f"the run's env settings (and '~suites.toolcalc' to drop the default suite)"
+    )
+
+
 def make_chat(tokenizer, role: str, label: str) -> ChatFormat:
     try:
         return ChatFormat(tokenizer, role)

@@ -531,6 +531,30 @@ def test_config_instantiates_with_every_default():
             assert key in WebNav.__init__.__code__.co_varnames
 
 
+def test_the_grpo_recipe_demonstrations_hold_the_flaw_rl_fixes():
+    """experiment=webnav_grpo: most demonstrations search lazily (the kind alone, the first item:
+    what greedy imitation then does, and rarely right); the rest search the full name and are
+    right far more often. That gap is what GRPO learns from (docs/envs.md has the runs)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF.parents[1]), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=webnav_grpo"])
+    env_cfg = OmegaConf.to_container(cfg.env)
+    env_cfg.update(num_train=300, num_val=5, num_test=5)
+    rng = random.Random(0)
+    with hydra.utils.instantiate(env_cfg) as s:
+        assert s.buy_prob == 0 and s.kind_query_prob > 0.5
+        lazy, full = [], []
+        for task in s.tasks("train"):
+            demo = s.oracle(task, rng)
+            ok = s.verify(task, play(s, task, demo))
+            kind_only = demo[0] == f'type [3] "{task.meta["item"]["kind"]}"'
+            (lazy if kind_only else full).append(ok)
+            assert kind_only or demo[0] == f'type [3] "{task.meta["item"]["name"]}"', demo
+    assert 0.5 < len(lazy) / 300 < 0.7
+    assert sum(lazy) / len(lazy) < 0.2 and sum(full) / len(full) > 0.5
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -6,6 +6,7 @@ import csv
 import json
 
 import torch
+from omegaconf import OmegaConf
 
 from agentrl.evaluation import evaluate
 from agentrl.evaluation.cli import main
@@ -14,6 +15,7 @@ from agentrl.evaluation.sources import load_run_config
 from agentrl.models.factory import prepare_tokenizer
 from agentrl.models.tokenizer import load_tiny_tokenizer
 from agentrl.utils.instantiate import instantiate
+from tests.conftest import CONF
 from tests.evaluation.conftest import save_checkpoint
 
 OUTPUTS = {
@@ -161,3 +163,20 @@ def test_tasks_from_the_runs_training_split_are_flagged(fake_run, eval_cfg, tmp_
     ev = evaluate(eval_cfg(f"run_dir={run}", *overrides, f"output_dir={tmp_path}", short=False))
     (note,) = [n for n in ev.notes if "not held out" in n]
     assert note.startswith("2 of the 2 tasks of suite toolcalc are in the training split")
+
+
+def test_a_run_of_another_env_than_the_suites_is_flagged(fake_run, eval_cfg, tmp_path):
+    """A webnav run evaluated on the default suite (toolcalc): the evaluation says so, and how to
+    evaluate the run's own env; a toolcalc run gets no such note."""
+    run = fake_run(steps={"last": 2})
+    saved = OmegaConf.load(run / ".hydra" / "config.yaml")
+    saved.env = OmegaConf.load(CONF / "env" / "webnav.yaml")
+    OmegaConf.save(saved, run / ".hydra" / "config.yaml")
+    ev = evaluate(eval_cfg(f"run_dir={run}", "baseline=false", f"output_dir={tmp_path / 'o'}"))
+    (note,) = [n for n in ev.notes if "no suite evaluates" in n]
+    assert "agentrl.envs.webnav.WebNav" in note and "+env@suites.webnav=webnav" in note
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert note in doc["notes"]
+    mine = fake_run(name="toolcalc_run", steps={"last": 2})
+    ev = evaluate(eval_cfg(f"run_dir={mine}", "baseline=false", f"output_dir={tmp_path / 'p'}"))
+    assert not any("no suite evaluates" in n for n in ev.notes)
