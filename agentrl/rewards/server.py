@@ -101,6 +101,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _send(self, code: int, body: bytes) -> None:
+        # a request stops counting as in flight before its answer goes out: once the client has
+        # the answer it may send the next one, which must not find this one still counted
+        self._leave()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -121,11 +124,18 @@ class _Handler(BaseHTTPRequestHandler):
             number = srv.stats["requests"]
             srv.stats["in_flight"] += 1
             srv.stats["max_in_flight"] = max(srv.stats["max_in_flight"], srv.stats["in_flight"])
+        self._counted = True
         try:
             self._answer(srv, number)
         finally:
-            with srv.lock:
-                srv.stats["in_flight"] -= 1
+            self._leave()
+
+    def _leave(self) -> None:
+        """Take this request out of ``in_flight`` (once; GET requests were never in it)."""
+        if getattr(self, "_counted", False):
+            self._counted = False
+            with self.server.lock:
+                self.server.stats["in_flight"] -= 1
 
     def _answer(self, srv: ScoringServer, number: int) -> None:
         length = int(self.headers.get("Content-Length") or 0)
