@@ -23,6 +23,15 @@ def rows_with(rows, key):
     return [r for r in rows if key in r]
 
 
+def assert_same_steps_and_values(got_rows, want_rows) -> None:
+    """The same RL steps, with the same rewards, losses and validation, as ``want_rows``."""
+    for key in ("rollout/reward_mean", "loss/policy", "val/success_rate"):
+        want = [(r["train/rl_step"], r[key]) for r in rows_with(want_rows, key)]
+        got = [(r["train/rl_step"], r[key]) for r in rows_with(got_rows, key)]
+        assert [s for s, _ in got] == [s for s, _ in want], key
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-6), key
+
+
 class SimulatedCrash(RuntimeError):
     pass
 
@@ -102,12 +111,7 @@ def test_same_seed_same_metrics_and_resume_reproduces(make_cfg, tmp_path, monkey
         run(crashed)
     assert (tmp_path / "c" / "checkpoints" / "last.ckpt").is_file()
     run(make_cfg(*common, run="c"))
-    c = metrics_rows(tmp_path / "c")
-    for key in ("rollout/reward_mean", "loss/policy", "val/success_rate"):
-        want = [(r["train/rl_step"], r[key]) for r in rows_with(a, key)]
-        got = [(r["train/rl_step"], r[key]) for r in rows_with(c, key)]
-        assert [s for s, _ in got] == [s for s, _ in want], key
-        assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-6), key
+    assert_same_steps_and_values(metrics_rows(tmp_path / "c"), a)
     # a finished 2-step run, rerun in place with data.steps raised to 4: it goes on from step 2
     # (Lightning alone would stop at once, its one epoch done) and matches the 4-step run
     short = [o for o in common if not o.startswith("data.steps=")]
@@ -115,11 +119,7 @@ def test_same_seed_same_metrics_and_resume_reproduces(make_cfg, tmp_path, monkey
     assert len(rows_with(metrics_rows(tmp_path / "d"), "rollout/reward_mean")) == 2
     run(make_cfg(*common, run="d"))
     d = metrics_rows(tmp_path / "d")
-    for key in ("rollout/reward_mean", "loss/policy", "val/success_rate"):
-        want = [(r["train/rl_step"], r[key]) for r in rows_with(a, key)]
-        got = [(r["train/rl_step"], r[key]) for r in rows_with(d, key)]
-        assert [s for s, _ in got] == [s for s, _ in want], key
-        assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-6), key
+    assert_same_steps_and_values(d, a)
     # a third call with the same data.steps has nothing left to do
     run(make_cfg(*common, run="d"))
     assert metrics_rows(tmp_path / "d") == d
