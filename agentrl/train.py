@@ -94,7 +94,7 @@ def extend_finished_run(trainer: L.Trainer, path: str, steps: int) -> None:
         done += 1
     max_epochs = trainer.fit_loop.max_epochs
     if rl_step >= steps:
-        log.info("the run in this directory already took its data.steps=%d RL steps", steps)
+        log.info("the checkpoint is at RL step %d of data.steps=%d: nothing left", rl_step, steps)
     elif max_epochs is not None and 0 <= max_epochs <= done:
         trainer.fit_loop.max_epochs = done + 1
         log.info("extending a finished run from RL step %d to data.steps=%d", rl_step, steps)
