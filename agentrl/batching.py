@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,20 @@ class TokenBatch:
             )
         )
 
+    def narrow(self, width: int) -> TokenBatch:
+        """The first ``width`` token columns (``width - 1`` of the next-token fields)."""
+        return TokenBatch(
+            self.input_ids[:, :width],
+            self.attention_mask[:, :width],
+            self.loss_mask[:, : width - 1],
+            self.behaviour_logprobs[:, : width - 1],
+        )
+
+    def used_width(self) -> int:
+        """Columns up to the longest episode's last token (right padding beyond it)."""
+        cols = self.attention_mask.any(0).nonzero()
+        return int(cols[-1]) + 1 if len(cols) else self.input_ids.shape[1]
+
     def to(self, device) -> TokenBatch:
         return TokenBatch(
             *(
@@ -67,11 +82,41 @@ def collate(trajectories: list[Trajectory], pad_id: int) -> TokenBatch:
     return TokenBatch(ids, attn, mask[:, 1:], beh[:, 1:])
 
 
+def takes_logits_to_keep(model) -> bool:
+    """Whether the underlying transformers model (through a peft wrapper, if any) can compute
+    the logits of the last k positions only (``logits_to_keep``)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def first_loss_column(loss_mask: torch.Tensor) -> int:
+    """The first column [of ``loss_mask`` N, T-1] where any episode has a generated token."""
+    cols = loss_mask.any(0).nonzero()
+    return int(cols[0]) if len(cols) else 0
+
+
 def model_logprobs(model, batch: TokenBatch, temperature: float = 1.0):
     """Log-prob [N, T-1] of each next token under ``model`` (tempered as the sampler was), and the
-    entropy [N, T-1] of the predicted distribution."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    return token_logprobs(out.logits[:, :-1], batch.input_ids[:, 1:], temperature)
+    entropy [N, T-1] of the predicted distribution.
+
+    The logits (a [N, T, vocab] float32 tensor: the largest of the pass for a real vocabulary)
+    are computed only from the first column any episode generates at, where the model takes
+    ``logits_to_keep``: the prompt positions before it carry no loss. Their log-probs and
+    entropy are 0."""
+    start = first_loss_column(batch.loss_mask)
+    kwargs = {}
+    if start > 0 and takes_logits_to_keep(model):
+        kwargs["logits_to_keep"] = batch.input_ids.shape[1] - start
+    else:
+        start = 0
+    out = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **kwargs
+    )
+    logp, entropy = token_logprobs(out.logits[:, :-1], batch.input_ids[:, start + 1 :], temperature)
+    if start:
+        pad = (start, 0)
+        logp, entropy = torch.nn.functional.pad(logp, pad), torch.nn.functional.pad(entropy, pad)
+    return logp, entropy
 
 
 @torch.no_grad()

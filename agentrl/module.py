@@ -149,6 +149,8 @@ class AgentRLModule(L.LightningModule):
         with timer("update"):
             self.buffer.add(kept, step)
             stats = self._update(self.buffer.drain(step), scored)
+            if scored is not None:
+                stats.update(self._logprob_stats(scored))
         with timer("sync"):
             self.engine.sync(self.policy)
         with timer("log"):
@@ -194,10 +196,10 @@ class AgentRLModule(L.LightningModule):
             if not trajs:
                 return None
             batch = collate(trajs, self.tokenizer.pad_token_id).to(self.device)
-            chunk, values = self.update_micro_batch_size, None
-            if self.critic is None:
+            chunk, values, old = self.update_micro_batch_size, None, None
+            if self.critic is None and not self._old_from_update():
                 old = model_logprobs_chunked(self.policy, batch, chunk, self.temperature)
-            else:
+            elif self.critic is not None:
                 old, values = V.forward_chunked(
                     self.policy, self.critic, batch, chunk, self.temperature
                 )
@@ -208,6 +210,47 @@ class AgentRLModule(L.LightningModule):
                 "values": values,
             }
 
+    def _old_from_update(self) -> bool:
+        """Whether the update's own forward gives the old log-probs: one epoch of one minibatch
+        (every micro-batch's forward runs before the only optimizer step, so the weights are the
+        rollout's), no critic, and the KL not in the reward (which needs them before the update).
+        The score phase then skips that forward: one forward of the batch fewer per step."""
+        a = self.algorithm
+        return (
+            a.epochs == 1
+            and a.minibatches == 1
+            and self.critic is None
+            and getattr(a, "kl_mode", "loss") != "reward"
+        )
+
+    def _logprob_stats(self, scored: dict) -> dict[str, float]:
+        """The engine's behaviour log-probs vs the trainer's (old), every step (updated or not),
+        and the old policy's sequence KL to the reference."""
+        batch, old, ref = scored["batch"], scored["old"], scored["ref"]
+        mask = batch.loss_mask
+        stats = {
+            "rollout/logprob_diff": float(
+                ((old - batch.behaviour_logprobs).abs() * mask).sum() / mask.sum().clamp(min=1)
+            )
+        }
+        if ref is not None:
+            kl = F.sequence_kl(old, ref, mask, self.algorithm.kl_estimator)
+            stats["loss/kl_ref_seq"] = float(kl.mean())
+        return stats
+
+    def _fill_old(self, scored: dict, filled: torch.Tensor) -> None:
+        """Old log-probs of the rows the update did not reach (it was skipped: the weights are
+        still the rollout's)."""
+        missing = (~filled).nonzero().flatten()
+        if not len(missing):
+            return
+        with D.gathered(self.policy):
+            sub = scored["batch"].select(missing)
+            lp = model_logprobs_chunked(
+                self.policy, sub, self.update_micro_batch_size, self.temperature
+            )
+        scored["old"][missing] = lp
+
     def _advantages(self, trajs: list[Trajectory], scored: dict | None):
         """Rewards (minus KL when kl_mode=reward) -> advantages, [N] or [N, T-1] aligned with
         ``batch.loss_mask`` (``algorithm.credit``; GAE with a critic); drops uninformative groups
@@ -217,16 +260,8 @@ class AgentRLModule(L.LightningModule):
         batch, old, ref = scored["batch"], scored["old"], scored["ref"]
         rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32, device=self.device)
         groups = torch.tensor([t.group for t in trajs], device=self.device)
-        mask = batch.loss_mask
-        # the engine's behaviour log-probs vs the trainer's, every step (updated or not)
-        stats = {
-            "rollout/logprob_diff": float(
-                ((old - batch.behaviour_logprobs).abs() * mask).sum() / mask.sum().clamp(min=1)
-            )
-        }
-        if ref is not None:
-            kl = F.sequence_kl(old, ref, batch.loss_mask, self.algorithm.kl_estimator)
-            stats["loss/kl_ref_seq"] = float(kl.mean())
+        stats = {}
+        if ref is not None and old is not None:
             rewards = self.algorithm.kl_in_reward(rewards, old, ref, batch.loss_mask)
         keep = self.algorithm.keep_mask(rewards, groups)
         stats["rollout/dropped_groups"] = float(torch.unique(groups[~keep]).numel())
@@ -256,6 +291,20 @@ class AgentRLModule(L.LightningModule):
 
     def _update(self, trajs: list[Trajectory], scored: dict | None) -> dict:
         stats: dict = {"_upd_tokens": 0}
+        filled = None
+        if scored is not None and scored["old"] is None:
+            # the old log-probs come from the update's forward (_old_from_update)
+            scored["old"] = torch.zeros_like(scored["batch"].behaviour_logprobs)
+            filled = torch.zeros(len(trajs), dtype=torch.bool, device=self.device)
+            scored["_old_filled"] = filled
+        try:
+            return self._update_epochs(trajs, scored, stats)
+        finally:
+            if filled is not None:
+                scored.pop("_old_filled")
+                self._fill_old(scored, filled)
+
+    def _update_epochs(self, trajs: list[Trajectory], scored: dict | None, stats: dict) -> dict:
         # under DDP/FSDP every rank takes the same decision (their gradients meet in backward)
         if not D.any_rank(bool(trajs) and bool((scored["advantages"] != 0).any())):
             stats["loss/skipped_zero_adv"] = 1.0
@@ -275,6 +324,8 @@ class AgentRLModule(L.LightningModule):
                     stats["_upd_tokens"] += int(scored["batch"].attention_mask[mb].sum())
         stats.update({k: float(np.mean(v)) for k, v in acc.items()})
         if self.algorithm.needs_reference:
+            if scored is not None and "_old_filled" in scored:
+                self._fill_old(scored, scored["_old_filled"])
             kl = self._global_kl(trajs, scored)
             self.algorithm.kl_controller.update(kl, n_steps=int(D.all_reduce(len(trajs))))
             stats["loss/kl_coef"] = float(self.algorithm.kl_controller.value)
@@ -319,17 +370,20 @@ class AgentRLModule(L.LightningModule):
                 # keeps this rank's backward passes in step with the other ranks'
                 self._zero_pass(batch)
                 continue
-            sub = batch.select(micro)
+            sub, rows = self._micro_batch(batch, micro)
             weight = world * float(F.aggregation_weight(sub.loss_mask, agg) / total)
             logp, entropy, values = V.forward(self.policy, self.critic, sub, self.temperature)
+            if "_old_filled" in scored:  # before this minibatch's (the only) optimizer step
+                old[micro, : logp.shape[1]] = logp.detach()
+                scored["_old_filled"][micro] = True
             loss, parts = self.algorithm.loss(
                 logp,
-                old[micro],
-                None if ref is None else ref[micro],
-                advantages[micro],
+                rows(old),
+                rows(ref),
+                rows(advantages),
                 sub.loss_mask,
                 behaviour_logprobs=sub.behaviour_logprobs,
-                **self._value_inputs(scored, micro, values),
+                **self._value_inputs(scored, rows, values),
             )
             if not torch.isfinite(loss):
                 finite = False
@@ -359,6 +413,27 @@ class AgentRLModule(L.LightningModule):
         out["loss/skipped_nonfinite"] = 0.0
         return out
 
+    def _micro_batch(self, batch: TokenBatch, micro: torch.Tensor):
+        """The episodes ``micro`` of ``batch``, cut to their own longest episode (the batch is
+        padded to the step's longest: a short micro-batch would compute padding), and a function
+        that takes the same rows and columns of a per-step tensor ([N] or [N, T-1]; None stays
+        None). Not cut under seq_mean_token_sum_norm without max_completion_length, whose
+        divisor is the padded width."""
+        sub = batch.select(micro)
+        fixed_norm = self.algorithm.aggregation == "seq_mean_token_sum_norm" and (
+            getattr(self.algorithm, "max_completion_length", None) is None
+        )
+        width = sub.input_ids.shape[1] if fixed_norm else sub.used_width()
+        if width < sub.input_ids.shape[1]:
+            sub = sub.narrow(width)
+
+        def rows(x: torch.Tensor | None) -> torch.Tensor | None:
+            if x is None:
+                return None
+            return x[micro] if x.dim() == 1 else x[micro, : width - 1]
+
+        return sub, rows
+
     def _zero_pass(self, batch: TokenBatch | None) -> None:
         """A forward and backward that adds nothing to the gradients (weight 0)."""
         if batch is None:
@@ -371,14 +446,15 @@ class AgentRLModule(L.LightningModule):
         self.manual_backward((logp.sum() if values is None else logp.sum() + values.sum()) * 0.0)
 
     @staticmethod
-    def _value_inputs(scored: dict, micro: torch.Tensor, values) -> dict:
-        """The critic's loss inputs of one micro-batch ({} without a critic)."""
+    def _value_inputs(scored: dict, rows, values) -> dict:
+        """The critic's loss inputs of one micro-batch ({} without a critic); ``rows`` picks the
+        micro-batch's rows and columns of a per-step tensor."""
         if values is None:
             return {}
         return {
             "values": values,
-            "old_values": scored["values"][micro],
-            "returns": scored["returns"][micro],
+            "old_values": rows(scored["values"]),
+            "returns": rows(scored["returns"]),
         }
 
     # ----------------------------------------------------------------- metrics

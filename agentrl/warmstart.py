@@ -104,7 +104,11 @@ def warn_long_actions(chat, suite, actions: list[str]) -> int:
 
 class WarmStart:
     """enabled: run the stage at all; steps, batch_size, lr, weight_decay: the SFT optimisation;
-    num_demos: how many train tasks get a demonstration; cache_dir: where results are kept."""
+    num_demos: how many train tasks get a demonstration; cache_dir: where results are kept;
+    precision: Lightning's precision of the SFT trainer (null: the default, 32-true;
+    "bf16-mixed": bf16 autocast). A model held in a low-precision dtype (``model.dtype:
+    bfloat16``) is trained on float32 master weights and cast back afterwards, so small updates
+    are not rounded away."""
 
     def __init__(
         self,
@@ -118,7 +122,12 @@ class WarmStart:
         num_demos: int = 2000,
         cache_dir: str = ".cache/warmstart",
         seed: int = 0,
+        precision: str | None = None,
     ):
+        if precision not in (None, "32-true", "bf16-mixed"):
+            raise ValueError(
+                f"warmstart.precision must be null, 32-true or bf16-mixed, got {precision!r}"
+            )
         if enabled:
             for name, value in [
                 ("steps", steps),
@@ -139,10 +148,14 @@ class WarmStart:
         self.num_demos = num_demos
         self.cache_dir = cache_dir
         self.seed = seed
+        self.precision = precision
 
     def _settings(self) -> dict:
         names = ("steps", "batch_size", "lr", "weight_decay", "num_demos", "seed")
-        return {k: getattr(self, k) for k in names}
+        out = {k: getattr(self, k) for k in names}
+        if self.precision is not None:  # keys of runs that never set it stay as they were
+            out["precision"] = self.precision
+        return out
 
     def key(self, identity: dict) -> str:
         """A hash of the settings that shape the warm-started weights."""
@@ -241,13 +254,24 @@ class WarmStart:
                 data, replacement=True, num_samples=self.steps * self.batch_size, generator=g
             ),
         )
+        kwargs = dict(trainer_kwargs)
+        if self.precision is not None:
+            kwargs["precision"] = self.precision
+        dtype = next(policy.parameters()).dtype
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
-            trainer = L.Trainer(max_steps=self.steps, **trainer_kwargs)
+            trainer = L.Trainer(max_steps=self.steps, **kwargs)
+            # float32 master weights for the optimisation of a low-precision model
             sft = SFTModule(
-                policy, self.lr, self.weight_decay, self.steps, self.warmup_steps, self.min_lr_ratio
+                policy.float(),
+                self.lr,
+                self.weight_decay,
+                self.steps,
+                self.warmup_steps,
+                self.min_lr_ratio,
             )
             trainer.fit(sft, loader)
+        policy.to(dtype)
         return trainer
 
     @staticmethod

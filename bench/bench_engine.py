@@ -1,18 +1,23 @@
 """Side-by-side throughput of agentrl's paths against bare PyTorch/transformers loops.
 
     python bench/bench_engine.py [--model tiny|smollm2] [--batch 64] [--repeats 3]
+                                 [--precision 32 bf16-mixed] [--adapter none|lora]
 
 rollout: HFEngine.generate (KV cache, behaviour log-probs, stop handling) vs a bare
          ``model.generate`` on the same prompts, same max_new_tokens, sampling.
 update:  the GRPO update path (per-token log-probs, clipped loss, backward, clip, AdamW step) vs
          a bare forward + cross-entropy + backward + AdamW step on the same token batch.
-Ratios are agentrl / bare (1.0 = as fast as the bare loop). Results are printed as a Markdown
-table; paste them into docs/benchmarks.md with the machine they ran on.
+Ratios are agentrl / bare (1.0 = as fast as the bare loop), each pair in the same precision:
+``32`` (float32) or ``bf16-mixed`` (bf16 autocast on float32 weights, what Lightning's
+``trainer.precision=bf16-mixed`` does); several precisions run side by side in one process, and
+the last column compares each with the first. Results are printed as a Markdown table; paste
+them into docs/benchmarks.md with the machine they ran on.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import random
 import time
@@ -117,6 +122,24 @@ def bench_update(model, tok, batch: int, repeats: int) -> tuple[float, float]:
     return tokens / timed(ours, repeats), tokens / timed(bare, repeats)
 
 
+def precision_context(precision: str):
+    """The autocast Lightning's precision plugin puts around a step (none for 32)."""
+    if precision == "bf16-mixed":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="tiny", choices=["tiny", "smollm2"])
@@ -124,27 +147,42 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cache", default=".cache/models")
+    ap.add_argument("--precision", nargs="+", default=["32"], choices=["32", "bf16-mixed"])
+    ap.add_argument("--adapter", default="none", choices=["none", "lora"])
     args = ap.parse_args()
     torch.manual_seed(0)
     model, tok = load(args.model, args.cache)
-    model.eval()
-    r_ours, r_bare = bench_rollout(model, tok, args.batch, args.new_tokens, args.repeats)
-    model.train()
-    u_ours, u_bare = bench_update(model, tok, args.batch, args.repeats)
+    if args.adapter == "lora":
+        from agentrl.models.factory import apply_adapter
+
+        model = apply_adapter(model, OmegaConf.load("conf/adapter/lora.yaml"))
+    rows = []
+    for precision in args.precision:
+        with precision_context(precision):
+            model.eval()
+            r_ours, r_bare = bench_rollout(model, tok, args.batch, args.new_tokens, args.repeats)
+            model.train()
+            u_ours, u_bare = bench_update(model, tok, args.batch, args.repeats)
+        rows.append((precision, r_ours, r_bare, u_ours, u_bare))
     print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+        f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     )
     print(
-        f"model: {args.model}, batch {args.batch}, new tokens {args.new_tokens}, best of {args.repeats}\n"
+        f"model: {args.model}, adapter {args.adapter}, batch {args.batch}, "
+        f"new tokens {args.new_tokens}, best of {args.repeats}\n"
     )
-    print("| path | agentrl tokens/s | bare tokens/s | ratio |")
-    print("|---|---|---|---|")
-    print(
-        f"| rollout (HFEngine vs model.generate) | {r_ours:,.0f} | {r_bare:,.0f} | {r_ours / r_bare:.2f} |"
-    )
-    print(
-        f"| update (GRPO step vs fwd+bwd+step) | {u_ours:,.0f} | {u_bare:,.0f} | {u_ours / u_bare:.2f} |"
-    )
+    first = rows[0]
+    print(f"| path | precision | agentrl tokens/s | bare tokens/s | ratio | vs {first[0]} |")
+    print("|---|---|---|---|---|---|")
+    for precision, r_ours, r_bare, u_ours, u_bare in rows:
+        print(
+            f"| rollout (HFEngine vs model.generate) | {precision} | {r_ours:,.0f} | "
+            f"{r_bare:,.0f} | {r_ours / r_bare:.2f} | {r_ours / first[1]:.2f}x |"
+        )
+        print(
+            f"| update (GRPO step vs fwd+bwd+step) | {precision} | {u_ours:,.0f} | "
+            f"{u_bare:,.0f} | {u_ours / u_bare:.2f} | {u_ours / first[3]:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

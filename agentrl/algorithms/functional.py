@@ -245,9 +245,11 @@ def clipped_policy_loss(
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0):
     """Log-probability of each target token. logits [N, T, V], targets [N, T] -> [N, T].
 
-    Also returns the per-token entropy [N, T] of the tempered distribution.
+    Also returns the per-token entropy [N, T] of the tempered distribution (no gradient: it is
+    logged, not optimised; its graph would hold two more [N, T, V] tensors).
     """
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp.exp() * logp).sum(-1)
+    with torch.no_grad():
+        entropy = -(logp.exp() * logp).sum(-1)
     return picked, entropy

@@ -165,6 +165,8 @@ class ToolCalc:
         guess_prob: probability that the demonstrator, facing a task with a multiplication, skips
             the calculator and answers at once from (wrong) mental arithmetic. A systematic flaw
             that imitation copies and greedy decoding keeps; outcome-based RL can undo it.
+        system_prompt: the system message of every episode (null: the short default, enough
+            after a warm start; a pretrained model without one needs the syntax spelled out).
     """
 
     name = "toolcalc"
@@ -184,6 +186,7 @@ class ToolCalc:
         mistake_prob: float = 0.0,
         guess_prob: float = 0.0,
         left_to_right: bool = False,
+        system_prompt: str | None = None,
     ):
         _check_args(locals())
         self.seed = seed
@@ -196,7 +199,7 @@ class ToolCalc:
         self.mistake_prob = float(mistake_prob)
         self.guess_prob = float(guess_prob)
         self.left_to_right = bool(left_to_right)
-        self.system_prompt = SYSTEM_PROMPT
+        self.system_prompt = SYSTEM_PROMPT if system_prompt is None else system_prompt
         self.stop_strings = list(type(self).stop_strings)
         self._splits = self._generate()
 
@@ -277,6 +280,9 @@ def _check_args(args: dict[str, Any]) -> None:
         p = args[key]
         if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise ValueError(f"{key} must be in [0, 1], got {p!r}")
+    prompt = args["system_prompt"]
+    if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+        raise ValueError(f"system_prompt must be a non-empty string or null, got {prompt!r}")
 
 
 def _make_task(split: str, i: int, expr: str, steps: list[dict[str, Any]]) -> Task:

@@ -52,7 +52,8 @@ def _pick_best(rows: list[dict]) -> tuple[dict, str]:
 
 
 def compare(ev: Evaluation, samples: int, seed: int, confidence: float) -> None:
-    """Fill ``ev.comparisons``: per suite, first vs last checkpoint and best vs baseline."""
+    """Fill ``ev.comparisons``: per suite, first vs last checkpoint, best vs baseline, and last
+    vs baseline (when the last checkpoint is not the best)."""
     for suite in dict.fromkeys(r["suite"] for r in ev.rows):
         rows = [r for r in ev.rows if r["suite"] == suite]
         trained = sorted(
@@ -66,6 +67,11 @@ def compare(ev: Evaluation, samples: int, seed: int, confidence: float) -> None:
         if base and trained:
             best, why = _pick_best(trained)
             pairs.append(("best vs baseline", base[0], best, f"best = {why}"))
+            if trained[-1]["label"] != best["label"]:
+                # the start of RL vs its end: no checkpoint selected at all
+                pairs.append(
+                    ("last vs baseline", base[0], trained[-1], "the end of RL vs its start")
+                )
         for kind, a, b, why in pairs:
             result = paired(ev, suite, a["label"], b["label"], samples, seed, confidence)
             ev.comparisons.append({"suite": suite, "comparison": kind, "note": why, **result})
