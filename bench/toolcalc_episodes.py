@@ -59,7 +59,9 @@ def main() -> None:
     suite = ToolCalc(
         max_ops=args.max_ops, left_to_right=args.left_to_right, max_operand=args.max_operand
     )
-    steps = {t.id: t.meta["steps"] for split in ("train", "val", "test") for t in suite.tasks(split)}
+    steps = {
+        t.id: t.meta["steps"] for split in ("train", "val", "test") for t in suite.tasks(split)
+    }
     counts: dict[str, Counter] = defaultdict(Counter)
     by_ops: dict[str, Counter] = defaultdict(Counter)
     order: list[str] = []

@@ -107,6 +107,19 @@ def test_checkpoints_of_one_step_are_evaluated_once(fake_run, eval_cfg, tmp_path
     assert comp["note"] == "best = the run's best.ckpt (selected on validation)"
 
 
+def test_last_checkpoint_is_compared_with_the_baseline_when_it_is_not_the_best(
+    fake_run, eval_cfg, tmp_path
+):
+    run = fake_run(steps={"best": 2, "last": 4})
+    ev = evaluate(eval_cfg(f"run_dir={run}", f"output_dir={tmp_path / 'out'}"))
+    comps = {c["comparison"]: c for c in ev.comparisons}
+    assert list(comps) == ["first vs last checkpoint", "best vs baseline", "last vs baseline"]
+    assert comps["last vs baseline"]["a"] == "baseline"
+    assert comps["last vs baseline"]["b"] == "step 4 (last)"
+    assert comps["best vs baseline"]["b"] == "step 2 (best)"
+    assert "last vs baseline: " in (tmp_path / "out" / "comparison.txt").read_text()
+
+
 def test_run_dir_defaults_output_to_run_eval(fake_run, eval_cfg):
     run = fake_run(steps={"last": 2})
     evaluate(eval_cfg(f"run_dir={run}"))
