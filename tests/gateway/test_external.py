@@ -242,8 +242,12 @@ def test_example_agent_trains_end_to_end(make_cfg, tmp_path):
         assert float(r["gateway/crashes"]) == float(r["gateway/timeouts"]) == 0
         assert float(r["gateway/missing_rewards"]) == 0
         assert float(r["rollout/failed_episodes"]) == 0
-    # the warm-started policy's calls extend each other: one sequence per rollout
-    assert all(float(r["gateway/segments_per_rollout"]) == 1.0 for r in a)
+    # the warm-started policy's calls extend each other: one sequence per rollout. A sampled
+    # reply whose text re-tokenizes differently starts a new segment (as it should); on an AMD
+    # EPYC machine one rollout of 16 at step 1 did (1.0625), on the landed code as on this one.
+    # Broken merging gives one segment per call: >= 2 on these tasks (a call, then the answer)
+    assert all(float(r["gateway/segments_per_rollout"]) <= 1.1 for r in a)
+    assert any(float(r["gateway/segments_per_rollout"]) == 1.0 for r in a)
     assert any(float(r["rollout/reward_std"]) > 0 for r in a), "no learning signal"
     assert any(r.get("loss/grad_norm") for r in a), "no update was applied"
 
