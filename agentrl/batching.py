@@ -82,11 +82,16 @@ def collate(trajectories: list[Trajectory], pad_id: int) -> TokenBatch:
     return TokenBatch(ids, attn, mask[:, 1:], beh[:, 1:])
 
 
-def takes_logits_to_keep(model) -> bool:
-    """Whether the underlying transformers model (through a peft wrapper, if any) can compute
-    the logits of the last k positions only (``logits_to_keep``)."""
+def base_forward(model):
+    """The forward of the underlying transformers model (through a peft wrapper, if any)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return base.forward
+
+
+def takes_logits_to_keep(model) -> bool:
+    """Whether the underlying transformers model can compute the logits of the last k positions
+    only (``logits_to_keep``)."""
+    return "logits_to_keep" in inspect.signature(base_forward(model)).parameters
 
 
 def first_loss_column(loss_mask: torch.Tensor) -> int:

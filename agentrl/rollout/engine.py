@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from agentrl.batching import base_forward, takes_logits_to_keep
+
 
 @dataclass
 class SamplingParams:
@@ -33,12 +35,6 @@ class Generation:
     token_ids: list[int]
     logprobs: list[float]
     finish: str
-
-
-def _base_forward(model):
-    """The forward of the underlying transformers model (through a peft wrapper, if any)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.forward
 
 
 def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,10 +90,10 @@ class HFEngine:
         """Share the policy's weights; called once by the module."""
         self.model = model
         self.tokenizer = tokenizer
-        params = inspect.signature(_base_forward(model)).parameters
+        params = inspect.signature(base_forward(model)).parameters
         # transformers >= 5.2x calls the KV cache `cache`; earlier releases `past_key_values`
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        self._logits_to_keep = "logits_to_keep" in params
+        self._logits_to_keep = takes_logits_to_keep(model)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def sync(self, model) -> None:
