@@ -3,11 +3,14 @@
 Each rollout runs the user's program (``command``) as a subprocess with, in its environment:
 
     OPENAI_BASE_URL      http://127.0.0.1:<port>/rollouts/<id>/v1   (the policy, attributed)
-    OPENAI_API_KEY       the per-run token of the gateway
+    OPENAI_API_KEY       the rollout's own token (not the run's): it serves this rollout's routes
+                         only, and is the only token its reward is taken with
+    AGENTRL_ROLLOUT_TOKEN  the same token
     AGENTRL_ROLLOUT_ID   <id>
     AGENTRL_TASK         the task as JSON: id, prompt, answer, meta, system (the task source's
                          system prompt), max_turns
-    AGENTRL_REWARD_URL   http://127.0.0.1:<port>/rollouts/<id>/reward  (POST {"reward": r})
+    AGENTRL_REWARD_URL   http://127.0.0.1:<port>/rollouts/<id>/reward  (POST {"reward": r},
+                         once, r finite in [gateway.min_reward, gateway.max_reward])
 
 Every chat completion is recorded token-exactly by the gateway (see ``agentrl/gateway``); when
 the program exits, its calls become trajectories (consecutive calls that extend each other merge
@@ -134,15 +137,16 @@ class ExternalRunner:
     """Runs one agent program per task (repeat a task to sample a GRPO group) against a gateway
     that lives for the duration of ``run``. Same interface as ``EpisodeRunner``."""
 
-    COUNTERS = (
-        "timeouts",
-        "crashes",
-        "missing_rewards",
-        "no_calls",
-        "rollouts",
+    # the gateway's refusals (Gateway.counters): 400s, 401s, 403s, 413s, refused rewards, 409s
+    GATEWAY_COUNTERS = (
         "bad_requests",
         "unauthorized",
+        "forbidden",
+        "too_large",
+        "bad_rewards",
+        "duplicate_rewards",
     )
+    COUNTERS = ("timeouts", "crashes", "missing_rewards", "no_calls", "rollouts", *GATEWAY_COUNTERS)
 
     def __init__(self, suite: ExternalAgent, engine, chat, max_seq_len: int):
         self.suite = suite
@@ -241,7 +245,8 @@ class ExternalRunner:
         env = dict(os.environ)
         env.update(
             OPENAI_BASE_URL=gw.rollout_url(rid),
-            OPENAI_API_KEY=gw.token,
+            OPENAI_API_KEY=record.token,
+            AGENTRL_ROLLOUT_TOKEN=record.token,
             AGENTRL_ROLLOUT_ID=rid,
             AGENTRL_TASK=json.dumps(payload, default=str),
             AGENTRL_REWARD_URL=f"{gw.url}/rollouts/{rid}/reward",
@@ -267,8 +272,8 @@ class ExternalRunner:
             status, error = self._judge(p, counts)
             out.extend(trajectories(p.record, p.group, self.chat.tokenizer, status, error))
         counts["rollouts"] = len(procs)
-        counts["bad_requests"] = gw.counters["bad_requests"]
-        counts["unauthorized"] = gw.counters["unauthorized"]
+        for k in self.GATEWAY_COUNTERS:
+            counts[k] = gw.counters[k]
         for k, v in counts.items():
             self.totals[k] += v
         self.last = dict(counts)

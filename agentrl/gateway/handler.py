@@ -6,14 +6,23 @@ Every request is answered here on the server's threads; completions are handed t
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
+import re
+import socket
+import time
 from http.server import BaseHTTPRequestHandler
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 8 * 2**20
+# Content-Length: digits only (int() would also take "-1", "+5", "1_0", " 5")
+_LENGTH = re.compile(r"[0-9]{1,19}")
+# after an error that leaves a body unread, at most this much of it is discarded (and for at most
+# _DRAIN_S) before the connection is closed, so the client reads the answer instead of a reset
+_DRAIN_BYTES = 2**20
+_DRAIN_S = 0.5
 
 
 class HTTPError(Exception):
@@ -41,9 +50,21 @@ def _route(path: str) -> tuple[str | None, str]:
     return None, path
 
 
+# the counter each refused status adds to (besides the route's own counters)
+_COUNTED = {400: "bad_requests", 401: "unauthorized", 403: "forbidden", 413: "too_large"}
+
+
 class Handler(BaseHTTPRequestHandler):
+    """Order of the checks on every request: the peer (403), the token (401), the route and the
+    rollout (403 for another rollout's token, 404), the body's length (400, 411, 413); only then
+    is the body read (at most ``max_body_bytes``) and parsed (400). An error that leaves a body
+    unread closes the connection, so the body is never taken for a next request: one response per
+    request, always JSON."""
+
     protocol_version = "HTTP/1.1"
     server_version = "agentrl-gateway"
+    _unread = False  # the request declared a body not read (yet)
+    _answering = False  # its response has begun
 
     def log_message(self, fmt, *args):  # the request line only; headers (the token) never
         log.debug("gateway %s: " + fmt, self.client_address[0], *args)
@@ -58,17 +79,40 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._dispatch("POST")
 
+    def handle_expect_100(self):
+        """``Expect: 100-continue`` is answered in ``_body``, once the request may send it."""
+        return True
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (a malformed request line or header, an unknown method) in
+        the gateway's JSON shape; the connection is closed after them."""
+        self.close_connection = True
+        self.request_version = self.protocol_version  # no HTTP/0.9: a status line and headers
+        short = self.responses.get(code, ("error",))[0]
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._json(
+                code, {"error": {"message": message or short, "type": "invalid_request_error"}}
+            )
+
     def _dispatch(self, method: str) -> None:
         gw = self.gateway
+        self._unread = self._declares_body()
+        self._answering = False
         try:
             if not gw.allow_remote and not is_loopback(self.client_address[0]):
                 raise HTTPError(403, "only local connections are accepted", "permission_error")
-            body = self._body() if method == "POST" else {}
-            if not gw.authorized(self.headers.get("Authorization")):
-                gw.counters["unauthorized"] += 1
+            owner = gw.authenticate(self.headers.get("Authorization"))
+            if owner is None:
                 raise HTTPError(401, "missing or wrong bearer token", "authentication_error")
             rid, path = _route(self.path)
-            rid = rid or self.headers.get("X-AgentRL-Rollout")
+            header = self.headers.get("X-AgentRL-Rollout")
+            if rid is not None and header is not None and header != rid:
+                raise HTTPError(400, f"the path names rollout {rid!r}, the header {header!r}")
+            rid = rid or header
+            if owner is not True:  # a rollout's own token: that rollout's routes only
+                if rid is not None and rid != owner.id:
+                    raise HTTPError(403, f"this token is not rollout {rid!r}'s", "permission_error")
+                rid = owner.id
             rollout = None
             if rid is not None:
                 rollout = gw.rollouts.get(rid)
@@ -90,35 +134,76 @@ class Handler(BaseHTTPRequestHandler):
                     },
                 )
             elif method == "POST" and path == "/v1/chat/completions":
-                gw.counters["requests"] += 1
+                body = self._body()
+                gw.count("requests")
                 result = gw.submit(body, rollout)
                 if body.get("stream"):
                     self._stream(result, body)
                 else:
                     result.pop("_token_texts", None)
                     self._json(200, result)
-            elif method == "POST" and path == "/reward" and rollout is not None:
-                gw.report(rollout, body)
+            elif method == "POST" and path == "/reward" and self.path.startswith("/rollouts/"):
+                # only on the rollout's own path, with its own token (its program's)
+                if owner is not rollout:
+                    raise HTTPError(
+                        403,
+                        f"the reward of rollout {rid!r} is taken only with its own token",
+                        "permission_error",
+                    )
+                gw.report(rollout, self._body())
                 self._json(200, {"ok": True})
             else:
                 raise HTTPError(404, f"no route {method} {path}", "not_found_error")
         except HTTPError as exc:
-            if exc.status == 400:
-                gw.counters["bad_requests"] += 1
-            self._json(exc.status, {"error": {"message": exc.message, "type": exc.kind}})
+            self._refuse(exc)
         except (BrokenPipeError, ConnectionResetError):
-            pass
+            self.close_connection = True
+        except Exception as exc:  # a bug, not the client's doing: still one answer, no traceback
+            log.warning("gateway: %s %s failed: %r", method, self.path.split("?")[0], exc)
+            if self._answering:  # an answer was begun: cut it short rather than add a second
+                self.close_connection = True
+            else:
+                self._refuse(
+                    HTTPError(500, f"internal error: {type(exc).__name__}", "server_error")
+                )
+
+    def _refuse(self, exc: HTTPError) -> None:
+        name = _COUNTED.get(exc.status)
+        if name is not None:
+            self.gateway.count(name)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._json(exc.status, {"error": {"message": exc.message, "type": exc.kind}})
+
+    def _declares_body(self) -> bool:
+        length = self.headers.get_all("Content-Length") or []
+        return "Transfer-Encoding" in self.headers or any(v.strip() != "0" for v in length)
 
     def _body(self) -> dict:
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError as exc:
-            raise HTTPError(400, "bad Content-Length") from exc
-        if length > MAX_BODY:
-            raise HTTPError(413, f"request body over {MAX_BODY} bytes")
+        """The JSON object of the body: read only now (the peer, token and route are checked) and
+        only up to the gateway's max_body_bytes."""
+        if "Transfer-Encoding" in self.headers:
+            raise HTTPError(411, "send the body with a Content-Length (no Transfer-Encoding)")
+        values = self.headers.get_all("Content-Length") or ["0"]
+        if len(values) != 1 or not _LENGTH.fullmatch(values[0].strip()):
+            raise HTTPError(400, "bad Content-Length: one non-negative integer is required")
+        length = int(values[0].strip())
+        cap = self.gateway.max_body_bytes
+        if length > cap:
+            raise HTTPError(413, f"request body of {length} bytes, over {cap}")
+        if length and self.headers.get("Expect", "").lower() == "100-continue":
+            self.send_response_only(100)
+            self.end_headers()
         raw = self.rfile.read(length) if length else b""
+        self._unread = False
+        if len(raw) < length:
+            self.close_connection = True
+            raise HTTPError(400, f"the body ended after {len(raw)} of {length} bytes")
         try:
             body = json.loads(raw or b"{}")
+        except RecursionError as exc:
+            raise HTTPError(
+                400, "the body is not JSON the gateway takes: nested too deeply"
+            ) from exc
         except ValueError as exc:
             raise HTTPError(400, f"the body is not JSON: {exc}") from exc
         if not isinstance(body, dict):
@@ -127,11 +212,40 @@ class Handler(BaseHTTPRequestHandler):
 
     def _json(self, status: int, obj: dict) -> None:
         data = json.dumps(obj).encode()
+        # a body left unread would be taken for the next request: answer, then close
+        close = self._unread or self.close_connection
+        self._answering = True
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
+        if self._unread:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Half-close and discard (never keep) a bounded part of the unread body, so the client
+        reads the answer before the connection goes; the rest is left to the close."""
+        self._unread = False
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + _DRAIN_S
+            left = _DRAIN_BYTES
+            while left > 0:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    break
+                self.connection.settimeout(wait)
+                got = self.connection.recv(min(left, 65536))
+                if not got:
+                    break
+                left -= len(got)
+        except OSError:
+            pass
 
     def _chunk(self, obj) -> None:
         data = ("data: " + (obj if isinstance(obj, str) else json.dumps(obj)) + "\n\n").encode()
@@ -141,6 +255,7 @@ class Handler(BaseHTTPRequestHandler):
     def _stream(self, result: dict, body: dict) -> None:
         """Server-sent events in OpenAI's chunk format. The engine returns a whole generation, so
         the chunks are sent once it is done: one per generated token of plain content."""
+        self._answering = True
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")

@@ -10,6 +10,7 @@ sequence (its own transition). The generated ids are never re-tokenized.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,10 @@ class CallRecord:
 
 @dataclass
 class RolloutRecord:
-    """The calls of one rollout in arrival order, and the reward its program reported."""
+    """The calls of one rollout in arrival order, and the reward its program reported.
+
+    token: the rollout's own bearer token (random), given to its program only: it authorizes
+    this rollout's routes and no other's, and is the only token its reward is accepted with."""
 
     id: str
     task: Task
@@ -42,6 +46,7 @@ class RolloutRecord:
     success: bool | None = None
     # completions served so far (the index of the next one); the engine thread counts them
     requests: int = 0
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, call: CallRecord) -> int:

@@ -6,7 +6,9 @@ Routes (``/rollouts/<id>`` in front attributes a request to a rollout; so does t
     GET  /v1/models                       the one model served
     POST /v1/chat/completions             messages, tools, temperature, top_p, max_tokens, stop,
                                           logprobs, stream (server-sent events)
-    POST /rollouts/<id>/reward            {"reward": float, "success": bool (optional)}
+    POST /rollouts/<id>/reward            {"reward": float, "success": bool (optional)}; only on
+                                          the rollout's own path with its own token, once
+
 
 Threads: HTTP requests are parsed on the server's threads and queued; ``pump`` (called by the
 thread that owns the engine, the training thread) renders and tokenizes them, generates them in
@@ -15,8 +17,12 @@ them and wakes the waiting request threads. Neither the engine nor the tokenizer
 any other thread. ``serve_in_thread`` runs ``pump`` on a thread of its own for standalone use.
 
 Security: the server binds only to a loopback address unless ``allow_remote`` is set, answers
-only loopback peers unless ``allow_remote``, and requires ``Authorization: Bearer <token>`` (a
-random per-run token unless given) on every route (401 otherwise). The token is never logged.
+only loopback peers unless ``allow_remote`` (403), and requires ``Authorization: Bearer <token>``
+on every route (401 otherwise): the run's token (random unless given; every route, but no reward)
+or an open rollout's own token (``RolloutRecord.token``, random, given to that rollout's program:
+that rollout's routes only, 403 on another's; a reward is taken only with it). The peer and the
+token are checked before the body is read; a body is read only up to ``max_body_bytes`` (413).
+Tokens are never logged.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import math
 import queue
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +49,12 @@ from agentrl.gateway.toolcalls import TagFormat
 from agentrl.rollout.engine import SamplingParams
 
 log = logging.getLogger(__name__)
+
+
+def _handle_error(self, request, client_address) -> None:
+    """What escapes a request handler: one log line, not a traceback on stderr."""
+    exc = sys.exc_info()[1]
+    log.warning("gateway: a connection from %s failed: %r", client_address[0], exc)
 
 
 @dataclass
@@ -69,9 +82,21 @@ class Gateway:
         seeded generator: results then do not depend on arrival order).
     batch_window_s: how long the first queued request waits for others to batch with.
     request_timeout_s: a request not served by then gets 503.
+    max_body_bytes: a request body over this is refused unread (413).
+    min_reward, max_reward: a reported reward outside this (finite) range is refused (400, counted
+        as ``bad_rewards``).
     """
 
     model_name = "agentrl-policy"
+    COUNTERS = (
+        "requests",
+        "bad_requests",
+        "unauthorized",
+        "forbidden",
+        "too_large",
+        "bad_rewards",
+        "duplicate_rewards",
+    )
 
     def __init__(
         self,
@@ -87,6 +112,9 @@ class Gateway:
         max_batch_size: int = 1,
         batch_window_s: float = 0.01,
         request_timeout_s: float = 300.0,
+        max_body_bytes: int = 8 * 2**20,
+        min_reward: float = -1000.0,
+        max_reward: float = 1000.0,
     ):
         if not allow_remote and not is_loopback(host):
             raise ValueError(
@@ -95,6 +123,17 @@ class Gateway:
             )
         if max_batch_size < 1:
             raise ValueError(f"gateway max_batch_size must be >= 1, got {max_batch_size}")
+        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
+            raise ValueError(f"gateway max_body_bytes must be an integer, got {max_body_bytes!r}")
+        if max_body_bytes < 1:
+            raise ValueError(f"gateway max_body_bytes must be >= 1, got {max_body_bytes}")
+        if not (
+            math.isfinite(min_reward) and math.isfinite(max_reward) and min_reward <= max_reward
+        ):
+            raise ValueError(
+                "gateway min_reward and max_reward must be finite with min_reward <= max_reward, "
+                f"got {min_reward!r} and {max_reward!r}"
+            )
         self.engine = engine
         self.tokenizer = tokenizer
         self.tool_format = tool_format or TagFormat()
@@ -106,12 +145,19 @@ class Gateway:
         self.max_batch_size = max_batch_size
         self.batch_window_s = batch_window_s
         self.request_timeout_s = request_timeout_s
+        self.max_body_bytes = max_body_bytes
+        self.min_reward, self.max_reward = float(min_reward), float(max_reward)
         # sampling the run imposes (temperature, top_p, greedy); None honours each request's
         self.sampling: SamplingParams | None = None
         # (rollout id, call index) -> a torch.Generator, or None for the engine's default
         self.generator_fn: Callable[[str, int], torch.Generator | None] | None = None
         self.rollouts: dict[str, RolloutRecord] = {}
-        self.counters = {"requests": 0, "unauthorized": 0, "bad_requests": 0}
+        # requests: completions asked; the others count refusals: bad_requests (400s),
+        # unauthorized (401), forbidden (403: a non-local peer, another rollout's token, a reward
+        # without the rollout's token), too_large (413), bad_rewards (a reward refused as not a
+        # finite number in [min_reward, max_reward]), duplicate_rewards (409: a second reward)
+        self.counters = dict.fromkeys(self.COUNTERS, 0)
+        self._lock = threading.Lock()
         self._queue: queue.Queue[_Pending] = queue.Queue()
         self._server: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
@@ -125,7 +171,11 @@ class Gateway:
 
     def start(self) -> Gateway:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        server_cls = type("_Server", (ThreadingHTTPServer,), {"address_family": family})
+        server_cls = type(
+            "_Server",
+            (ThreadingHTTPServer,),
+            {"address_family": family, "handle_error": _handle_error},
+        )
         self._server = server_cls((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self._server.gateway = self  # type: ignore[attr-defined]
@@ -174,21 +224,43 @@ class Gateway:
 
     # ----------------------------------------------------------------- rollouts
     def open_rollout(self, rollout_id: str, task) -> RolloutRecord:
+        """A rollout's record, with its own token (``rec.token``: give it to its program)."""
         rec = RolloutRecord(rollout_id, task)
-        self.rollouts[rollout_id] = rec
+        with self._lock:
+            self.rollouts[rollout_id] = rec
         return rec
 
     def close_rollout(self, rollout_id: str) -> RolloutRecord:
-        return self.rollouts.pop(rollout_id)
+        """The record, no longer served: its token stops working."""
+        with self._lock:
+            return self.rollouts.pop(rollout_id)
 
     def rollout_url(self, rollout_id: str) -> str:
         return f"{self.url}/rollouts/{rollout_id}/v1"
 
     # ----------------------------------------------------------------- HTTP side
-    def authorized(self, header: str | None) -> bool:
+    def count(self, name: str) -> None:
+        with self._lock:
+            self.counters[name] += 1
+
+    def authenticate(self, header: str | None) -> RolloutRecord | bool | None:
+        """Whose the bearer token of an ``Authorization`` header is: True for the run's token,
+        the open rollout whose own token it is, else None. Compared in constant time."""
         if not header or not header.startswith("Bearer "):
-            return False
-        return hmac.compare_digest(header[7:].strip().encode(), self.token.encode())
+            return None
+        given = header[7:].strip().encode()
+        owner: RolloutRecord | bool | None = None
+        if hmac.compare_digest(given, self.token.encode()):
+            owner = True
+        with self._lock:
+            open_now = list(self.rollouts.values())
+        for rec in open_now:  # every one compared: the time does not tell which matched
+            if hmac.compare_digest(given, rec.token.encode()) and owner is None:
+                owner = rec
+        return owner
+
+    def authorized(self, header: str | None) -> bool:
+        return self.authenticate(header) is not None
 
     def submit(self, body: dict, rollout: RolloutRecord | None) -> dict:
         """Queue one completion and wait for it (called on an HTTP thread)."""
@@ -201,17 +273,32 @@ class Gateway:
         return p.result
 
     def report(self, rollout: RolloutRecord, body: dict) -> None:
+        """Take the rollout's reward: a finite number in [min_reward, max_reward], once."""
         reward = body.get("reward")
+        problem = None
         if isinstance(reward, bool) or not isinstance(reward, (int, float)):
-            raise HTTPError(400, f"reward must be a number, got {reward!r}")
-        if not math.isfinite(reward):
-            raise HTTPError(400, f"reward must be finite, got {reward!r}")
+            problem = f"reward must be a number, got {reward!r}"
+        elif not math.isfinite(reward) or not self.min_reward <= reward <= self.max_reward:
+            problem = (
+                f"reward must be a finite number in [{self.min_reward:g}, {self.max_reward:g}], "
+                f"got {reward!r}"
+            )
+        if problem is not None:
+            self.count("bad_rewards")
+            raise HTTPError(400, problem)
         success = body.get("success")
         if success is not None and not isinstance(success, bool):
             raise HTTPError(400, f"success must be true or false, got {success!r}")
         with rollout.lock:
-            rollout.reward = float(reward)
-            rollout.success = success
+            if rollout.reward is not None:
+                taken = rollout.reward
+            else:
+                taken = None
+                rollout.reward = float(reward)
+                rollout.success = success
+        if taken is not None:
+            self.count("duplicate_rewards")
+            raise HTTPError(409, f"rollout {rollout.id!r} already reported its reward ({taken!r})")
 
     # ----------------------------------------------------------------- engine side
     def pump(self, timeout: float = 0.05) -> int:

@@ -7,6 +7,8 @@ usage: python stub_agent.py MODE [PIDFILE]; MODE is one of
     hang      starts a grandchild (its pid written to PIDFILE), then sleeps
     noreward  one call, exit 0 without a reward
     nocall    reports a reward without calling the model
+    steal     posts a reward to the other rollout of two (refused), one call, its own reward
+              0.0, then a second reward (refused)
 """
 
 import json
@@ -14,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 BASE = os.environ["OPENAI_BASE_URL"]
@@ -43,6 +46,21 @@ def main(mode):
     if mode == "nocall":
         post(os.environ["AGENTRL_REWARD_URL"], {"reward": 1.0})
         return 0
+    if mode == "steal":
+        rid = os.environ["AGENTRL_ROLLOUT_ID"]
+        other = "rollout-1" if rid == "rollout-0" else "rollout-0"
+        refused = 0
+        try:
+            post(os.environ["AGENTRL_REWARD_URL"].replace(rid, other), {"reward": 1.0})
+        except urllib.error.HTTPError as e:
+            refused += e.code == 403
+        chat(msgs)
+        post(os.environ["AGENTRL_REWARD_URL"], {"reward": 0.0})
+        try:
+            post(os.environ["AGENTRL_REWARD_URL"], {"reward": 1.0})
+        except urllib.error.HTTPError as e:
+            refused += e.code == 409
+        return 0 if refused == 2 else 4
     if mode == "hang":
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         with open(sys.argv[2], "w") as f:

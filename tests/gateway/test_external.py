@@ -292,3 +292,15 @@ def test_batched_serving_keeps_each_rollout_exact(tokenizer):
     trajs = run(runner, suite, n=4)
     assert [t.status for t in trajs] == ["ok"] * 4 and max(sizes) <= 4
     assert sum(sizes) == 8 and runner.metrics()["gateway/segments_per_rollout"] == 1.0
+
+
+def test_each_program_has_its_own_token_and_posts_only_its_own_reward_once(tokenizer):
+    """Two programs that each try to post the other's reward, then their own twice: the foreign
+    and the second rewards are refused (403, 409) and counted; each keeps its own 0.0."""
+    suite, runner, _ = make_runner(tokenizer, f"python {STUB} steal", max_concurrency=2)
+    trajs = run(runner, suite, n=2)
+    assert [t.status for t in trajs] == ["ok", "ok"], [t.error for t in trajs]
+    assert [t.turns[-1].reward for t in trajs] == [0.0, 0.0]
+    m = runner.metrics()
+    assert m["gateway/forbidden"] == 2 and m["gateway/duplicate_rewards"] == 2
+    assert m["gateway/forbidden_total"] == 2 and m["gateway/bad_rewards"] == 0

@@ -137,7 +137,7 @@ def test_reward_endpoint_validates(scripted):
     _, gw = scripted(["x"])
     rec = gw.open_rollout("rollout-0", TASK)
 
-    def post(body, token=gw.token):
+    def post(body, token=rec.token):  # the rollout's own token (its program's)
         req = urllib.request.Request(
             gw.url + "/rollouts/rollout-0/reward",
             data=json.dumps(body).encode(),
