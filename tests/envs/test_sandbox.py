@@ -4,9 +4,11 @@ no process, file or temporary directory behind; the test process itself is unhar
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -17,7 +19,9 @@ from agentrl.envs.sandbox import Sandbox, namespaces_available
 
 UID_BASE = 300000  # apart from the ids a concurrent training run may use
 NS, WHY = namespaces_available()
-needs_ns = pytest.mark.skipif(not NS, reason=f"namespace isolation unavailable: {WHY}")
+# the tests of what only the namespaces give: skipped without root, failed as root without them
+# (CI runs as root: a machine where unshare stopped working must not pass by skipping)
+needs_ns = pytest.mark.usefixtures("ns")
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +34,18 @@ def box(tmp_path_factory) -> Sandbox:
         file_size_kb=64,
         max_processes=8,
         max_output_bytes=1000,
+        workdir_size_mb=2,
+        workdir_files=100,
         uid_base=UID_BASE,
         base_dir=str(base),
     )
+
+
+@pytest.fixture
+def ns(box):
+    if os.geteuid() != 0:
+        pytest.skip(f"namespace isolation unavailable: {WHY}")
+    assert NS and box.isolation == "namespace", f"running as root without namespaces: {WHY}"
 
 
 def strays() -> list[str]:
@@ -293,3 +306,205 @@ def test_a_running_program_dies_with_a_killed_parent(tmp_path):
         parent.kill()
         parent.wait()
     assert strays() == []
+
+
+# ----------------------------------------------------------------- issue 21: what namespaces and
+# limits alone left open (host /proc, Unix sockets, new namespaces, an unbounded working dir)
+@needs_ns
+def test_proc_shows_only_the_sandbox_s_own_processes(box, clean):
+    """A secret on another process's command line (a trainer's flags) is not readable: the PID
+    namespace has its own /proc, which lists the namespace's init and the program only."""
+    secret = f"agentrl-cmdline-secret-{uuid.uuid4().hex}"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", secret])
+    prog = (
+        "import os\n"
+        "pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"
+        "print('pids', len(pids), pids[:5])\n"
+        "for p in pids:\n"
+        "    try:\n"
+        "        cmd = open('/proc/%d/cmdline' % p, 'rb').read()\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    if b'agentrl-cmdline-secret' in cmd:\n"
+        "        print('leaked', p, cmd)\n"
+        f"print('holder visible', os.path.exists('/proc/{holder.pid}/cmdline'))\n"
+    )
+    try:
+        res = box.run(prog)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.status == "ok", res.stderr
+    assert secret not in res.stdout and "leaked" not in res.stdout
+    count = int(res.stdout.split()[1])
+    assert count <= 2, res.stdout  # the namespace's init and the program
+    assert "holder visible False" in res.stdout
+
+
+def _unix_dir(tmp_path) -> str:
+    """A host directory outside the ones the sandbox masks (/tmp is masked with namespaces)."""
+    parent = "/run" if os.access("/run", os.W_OK) else str(tmp_path)
+    path = tempfile.mkdtemp(prefix="agentrl-unix-", dir=parent)
+    os.chmod(path, 0o755)
+    return path
+
+
+def test_unix_sockets_on_the_host_file_system_are_unreachable(box, clean, tmp_path):
+    """A listener on the host file system (a docker.sock, a database, the training process's own)
+    is unreachable even through libc directly (ctypes, below the audit hook): socket(AF_UNIX) is
+    refused by the seccomp filter, and so is a datagram socketpair (it could sendto any path)."""
+    d = _unix_dir(tmp_path)
+    stream_path, dgram_path = os.path.join(d, "s.sock"), os.path.join(d, "d.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    prog = (
+        "import ctypes, socket, struct\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "def sun(path):\n"
+        "    return struct.pack('=H', 1) + path.encode() + b'\\0'\n"
+        f"a, b = sun({stream_path!r}), sun({dgram_path!r})\n"
+        "fd = libc.socket(1, 1, 0)\n"
+        "print('socket', fd, ctypes.get_errno())\n"
+        "if fd >= 0:\n"
+        "    print('connect', libc.connect(fd, a, len(a)), ctypes.get_errno())\n"
+        "sv = (ctypes.c_int * 2)()\n"
+        "rc = libc.socketpair(1, 2 | 0x80000, 0, sv)\n"
+        "print('dgram pair', rc, ctypes.get_errno())\n"
+        "if rc == 0:\n"
+        "    print('sendto', libc.sendto(sv[0], b'x', 1, 0, b, len(b)), ctypes.get_errno())\n"
+        "print('stream pair', libc.socketpair(1, 1, 0, sv))\n"
+        "try:\n"
+        "    socket.socket(socket.AF_UNIX).connect(" + repr(stream_path) + ")\n"
+        "    print('python connected')\n"
+        "except OSError as e:\n"
+        "    print('python refused', type(e).__name__)\n"
+    )
+    try:
+        srv.bind(stream_path)
+        srv.listen(1)
+        srv.setblocking(False)
+        dgram.bind(dgram_path)
+        dgram.setblocking(False)
+        for p in (stream_path, dgram_path):
+            os.chmod(p, 0o777)
+        res = box.run(prog)
+        with pytest.raises(BlockingIOError):
+            srv.accept()
+        with pytest.raises(BlockingIOError):
+            dgram.recv(16)
+    finally:
+        srv.close()
+        dgram.close()
+        shutil.rmtree(d, ignore_errors=True)
+    assert res.status == "ok", res.stderr
+    assert "socket -1 1\n" in res.stdout, res.stdout  # EPERM
+    assert "dgram pair -1 1\n" in res.stdout, res.stdout
+    assert "stream pair 0\n" in res.stdout  # multiprocessing's pipes still work
+    assert "python refused PermissionError" in res.stdout
+
+
+def test_the_program_cannot_create_namespaces(box, clean):
+    """A user namespace would give the program every capability inside it (and a network
+    namespace of its own, mounts, ...): unshare/clone with CLONE_NEW* flags fail with EPERM, also
+    through ctypes and in programs it executes; clone3 (whose flags a filter cannot read) is
+    ENOSYS, so libc falls back to clone."""
+    prog = (
+        "import ctypes, os, platform, subprocess\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "for name, flags in [('user+net', 0x50000000), ('user', 0x10000000), ('net', 0x40000000),"
+        " ('mount', 0x20000), ('pid', 0x20000000)]:\n"
+        "    print('unshare', name, libc.unshare(flags), ctypes.get_errno())\n"
+        "class Args(ctypes.Structure):\n"
+        "    _fields_ = [(n, ctypes.c_uint64) for n in ('flags', 'pidfd', 'child_tid',"
+        " 'parent_tid', 'exit_signal', 'stack', 'stack_size', 'tls')]\n"
+        "args = Args(flags=0x10000000, exit_signal=17)\n"
+        "pid = libc.syscall(ctypes.c_long(435), ctypes.byref(args), ctypes.c_long(64))\n"
+        "if pid == 0:\n"
+        "    os._exit(0)\n"
+        "print('clone3', pid, ctypes.get_errno())\n"
+        "if pid > 0:\n"
+        "    os.waitpid(pid, 0)\n"
+        "if platform.machine() == 'x86_64':\n"
+        "    z = ctypes.c_long(0)\n"
+        "    pid = libc.syscall(ctypes.c_long(56), ctypes.c_long(0x10000000 | 17), z, z, z, z)\n"
+        "    if pid == 0:\n"
+        "        os._exit(0)\n"
+        "    print('clone', pid, ctypes.get_errno())\n"
+        "    if pid > 0:\n"
+        "        os.waitpid(pid, 0)\n"
+        "r = subprocess.run(['unshare', '--user', '--net', 'true'], capture_output=True)\n"
+        "print('unshare(1)', r.returncode)\n"
+    )
+    res = box.run(prog)
+    assert res.status == "ok", res.stderr
+    for name in ("user+net", "user", "net", "mount", "pid"):
+        assert f"unshare {name} -1 1\n" in res.stdout, res.stdout  # EPERM
+    assert "clone3 -1 38\n" in res.stdout, res.stdout  # ENOSYS
+    if "clone " in res.stdout:
+        assert "clone -1 1\n" in res.stdout, res.stdout
+    assert "unshare(1) 0" not in res.stdout
+
+
+@needs_ns
+def test_the_working_directory_has_a_size_limit(box, clean):
+    """RLIMIT_FSIZE caps each file; the working directory is a tmpfs of ``workdir_size_mb``, so
+    many files below that cap still stop at the limit, which the result reports."""
+    prog = (
+        "n = total = 0\n"
+        "try:\n"
+        "    for i in range(400):\n"  # 400 * 60 kB = 24 MB, each file below RLIMIT_FSIZE
+        "        with open('f%d' % i, 'wb') as f:\n"
+        "            f.write(b'x' * 60000)\n"
+        "        n += 1\n"
+        "        total += 60000\n"
+        "except OSError as e:\n"
+        "    print('stopped', e.errno)\n"
+        "print('wrote', n, total)\n"
+        "open('f0', 'w').close()\n"  # frees 60 kB
+        "open('kept.txt', 'w').write('kept')\n"
+    )
+    res = box.run(prog, collect=("kept.txt",))
+    assert "stopped 28" in res.stdout, res.stdout  # ENOSPC
+    total = int(res.stdout.split()[-1])
+    assert total <= box.workdir_size_mb * 2**20
+    assert res.files == {"kept.txt": "kept"}
+
+
+@needs_ns
+def test_a_full_working_directory_is_reported(box, clean):
+    prog = "for i in range(400):\n    open('f%d' % i, 'wb').write(b'x' * 60000)\n"
+    res = box.run(prog)
+    assert res.workdir_full and res.status == "workdir_full"
+    assert "working directory" in res.stderr and "ENOSPC" in res.stderr, res.stderr
+
+
+@needs_ns
+def test_the_working_directory_has_a_file_count_limit(box, clean):
+    prog = (
+        "n = 0\n"
+        "try:\n"
+        "    for i in range(5000):\n"
+        "        open('e%d' % i, 'w').close()\n"
+        "        n += 1\n"
+        "except OSError as e:\n"
+        "    print('stopped', e.errno)\n"
+        "print('made', n)\n"
+    )
+    res = box.run(prog)
+    assert "stopped 28" in res.stdout, res.stdout
+    assert int(res.stdout.split()[-1]) <= box.workdir_files
+    assert res.workdir_full and res.status == "workdir_full"
+
+
+def test_files_written_before_a_timeout_are_read_back(box, clean):
+    """Partial results survive the wall-clock kill (codegen grades the tests that did run)."""
+    prog = "open('out.txt', 'w').write('partial')\nimport time\ntime.sleep(60)\n"
+    res = box.run(prog, collect=("out.txt",))
+    assert res.timed_out and res.files == {"out.txt": "partial"}
+
+
+def test_a_file_the_program_removed_is_not_read_back(box, clean):
+    prog = "import os\nos.remove('in.txt')\nos.symlink('/etc/passwd', 'link.txt')\n"
+    res = box.run(prog, files={"in.txt": "abc"}, collect=("in.txt", "link.txt"))
+    assert res.status == "ok", res.stderr
+    assert res.files == {}
