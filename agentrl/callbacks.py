@@ -244,7 +244,9 @@ class TrajectoryWriter(L.Callback):
         if step % self.every_n_steps == 0 or step == 1:
             self._write("train.jsonl", step, pl_module.last_samples, trainer)
 
-    def on_validation_epoch_end(self, trainer, pl_module):
+    def on_validation_end(self, trainer, pl_module):
+        # not on_validation_epoch_end: Lightning calls the callbacks' before the module's, which
+        # stores this validation's trajectories (the file would get the previous validation's)
         if not trainer.sanity_checking:
             self._write("val.jsonl", pl_module.rl_step, pl_module.last_val_samples, trainer)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import random
 import resource
 import time
@@ -101,6 +100,7 @@ class AgentRLModule(L.LightningModule):
         self.last_samples: list[Trajectory] = []
         self.last_val_samples: list[Trajectory] = []
         self._val: list[Trajectory] = []
+        self._val_reward_failures = 0
         self._val_gathered = contextlib.ExitStack()
 
     # ----------------------------------------------------------------- setup
@@ -464,8 +464,9 @@ class AgentRLModule(L.LightningModule):
         ok = [t for t in trajs if t.status != "failed"]
         failed = len(trajs) - len(ok)
         self.counters["failed_episodes"] += failed
-        m = episode_metrics(ok, prefix="rollout")
-        m["env/success_rate"] = m.pop("rollout/success_rate")
+        m = episode_metrics(ok, prefix="rollout")  # no reward_mean when every reward failed
+        if "rollout/success_rate" in m:
+            m["env/success_rate"] = m.pop("rollout/success_rate")
         for name in sorted({k for t in ok for k in t.reward_components}):
             m[f"reward/{name}"] = float(np.mean([t.reward_components.get(name, 0.0) for t in ok]))
         # counters an env reports in info["metrics"] (e.g. codegen's sandbox failures): step sums
@@ -476,6 +477,8 @@ class AgentRLModule(L.LightningModule):
         m["rollout/failed_episodes"] = float(failed)
         m["rollout/failed_episodes_total"] = float(self.counters["failed_episodes"])
         m["rollout/reward_errors"] = float(counts["reward_errors"] + counts["reward_nonfinite"])
+        # the same count under validation's name for it (val/reward_failures)
+        m["rollout/reward_failures"] = m["rollout/reward_errors"]
         # the reward's own per-batch statistics (namespaced by the reward, e.g. reward/api_retries)
         m.update({k: float(v) for k, v in counts.items() if "/" in k})
         m["loss/skipped_updates_total"] = float(self.counters["skipped_updates"])
@@ -500,25 +503,39 @@ class AgentRLModule(L.LightningModule):
     # ----------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
         self._val = []
+        self._val_reward_failures = 0
         # FSDP: full parameters for the whole validation (ranks run different numbers of forwards)
         self._val_gathered.enter_context(D.gathered(self.policy))
 
     def validation_step(self, tasks, batch_idx):
         params = self.runner.sampling(self.temperature, 1.0, greedy=True)
         trajs = self.runner.run(list(tasks), list(range(len(tasks))), params)
-        score_batch(self.reward, trajs)
+        counts = score_batch(self.reward, trajs)
+        self._val_reward_failures += counts["reward_errors"] + counts["reward_nonfinite"]
         self._val.extend(trajs)
 
     def on_validation_epoch_end(self) -> None:
         self._val_gathered.close()
         trajs = self._val
-        n = torch.tensor(float(len(trajs)), device=self.device)
-        wins = torch.tensor(float(sum(bool(t.success) for t in trajs)), device=self.device)
-        rsum = torch.tensor(float(sum(t.reward for t in trajs)), device=self.device)
-        n, wins, rsum = (self.all_gather(x).sum() for x in (n, wins, rsum))
+        # the reward mean is over the episodes that have one: a failed episode (its env step or
+        # its reward raised) is left out and counted, as in training; success counts every episode
+        ok = [t for t in trajs if t.status != "failed"]
+        stats = [
+            len(trajs),
+            sum(bool(t.success) for t in trajs),
+            len(ok),
+            sum(t.reward for t in ok),
+            self._val_reward_failures,
+        ]
+        n, wins, n_ok, rsum, reward_failures = (
+            self.all_gather(torch.tensor(float(x), device=self.device)).sum() for x in stats
+        )
+        self.log("val/failed_episodes", n - n_ok, sync_dist=False)
+        self.log("val/reward_failures", reward_failures, sync_dist=False)
+        if n_ok > 0:  # no mean (rather than nan) when no episode has a reward
+            self.log("val/reward_mean", rsum / n_ok, sync_dist=False)
         n = n.clamp(min=1)
         self.log("val/success_rate", wins / n, prog_bar=True, sync_dist=False, rank_zero_only=False)
-        self.log("val/reward_mean", rsum / n, sync_dist=False)
         self.log("train/rl_step", float(self.rl_step))
         self.last_val_samples = trajs
 
@@ -588,9 +605,10 @@ def peak_rss_gb() -> float:
 
 
 def episode_metrics(trajs: list[Trajectory], prefix: str) -> dict[str, float]:
-    """Means over episodes: reward, success, turns, generated tokens, invalid actions."""
-    if not trajs:
-        return {f"{prefix}/reward_mean": math.nan, f"{prefix}/success_rate": math.nan}
+    """Means over episodes: reward, success, turns, generated tokens, invalid actions; none (an
+    empty dict) without episodes, so that a step whose rewards all failed logs no nan."""
+    if not trajs:  # none (e.g. every reward failed): no means, rather than nan ones
+        return {}
     turns = [len(t.turns) for t in trajs]
     invalid = sum(1 for t in trajs for x in t.turns if x.info.get("invalid"))
     return {

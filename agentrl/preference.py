@@ -59,7 +59,8 @@ def preference_step(module, batch) -> None:
     if sampled:
         ok = [t for t in sampled if t.status != "failed"]
         metrics.update(episode_metrics(ok, prefix="rollout"))
-        metrics["env/success_rate"] = metrics.pop("rollout/success_rate")
+        if "rollout/success_rate" in metrics:  # absent when every episode failed
+            metrics["env/success_rate"] = metrics.pop("rollout/success_rate")
         metrics["rollout/failed_episodes"] = float(len(sampled) - len(ok))
     metrics.update(stats)
     metrics.update({f"perf/{k}_s": v for k, v in seconds.items()})

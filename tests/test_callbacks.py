@@ -95,7 +95,7 @@ def test_wandb_receives_a_table_of_the_samples(make_cfg, tmp_path, offline_wandb
     cb = writer(tmp_path)
     try:
         cb.on_train_batch_end(trainer_with(logger), module(step=1), None, None, 0)
-        cb.on_validation_epoch_end(trainer_with(logger), module(step=1))
+        cb.on_validation_end(trainer_with(logger), module(step=1))
     finally:
         logger.experiment.finish()
         wandb.teardown()
@@ -129,7 +129,7 @@ def test_mlflow_receives_the_jsonl_as_an_artifact(make_cfg, tmp_path, local_mlfl
     logger = build(cfg, "mlflow")
     cb = writer(tmp_path)
     cb.on_train_batch_end(trainer_with(logger), module(step=10), None, None, 0)
-    cb.on_validation_epoch_end(trainer_with(logger), module(step=10))
+    cb.on_validation_end(trainer_with(logger), module(step=10))
     logger.finalize("success")
     assert cb.tracker_errors == {}
     client = MlflowClient(tracking_uri=cfg.logger.mlflow.tracking_uri)
