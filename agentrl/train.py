@@ -15,6 +15,7 @@ import torch
 from lightning.fabric.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, OmegaConf
 
+from agentrl import config_check
 from agentrl.envs.base import close_suite
 from agentrl.loggers import truncate_metrics
 from agentrl.models import qlora
@@ -101,22 +102,13 @@ def extend_finished_run(trainer: L.Trainer, path: str, steps: int) -> None:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Value checks that no constructor makes (the rest raise from their own __init__)."""
-    lr = cfg.optimizer.get("lr")
-    if lr is not None and not lr > 0:
-        raise ConfigError(f"optimizer.lr must be > 0, got {lr}")
+    """Every value of the composed config against agentrl/config_check.py's rules (ranges, types,
+    keys the constructors take, settings that must agree), then what needs the machine (QLoRA's
+    CUDA). Nothing is built or loaded before this passes."""
+    config_check.validate(cfg)
     reason = qlora.check(cfg.get("adapter"))
     if reason:
         raise ConfigError(reason)
-    devices = cfg.trainer.get("devices")
-    if isinstance(devices, int) and devices < 1:
-        raise ConfigError(f"trainer.devices must be >= 1, got {cfg.trainer.devices}")
-    every, steps = cfg.trainer.get("val_check_interval"), cfg.data.get("steps")
-    if isinstance(every, int) and isinstance(steps, int) and 0 < steps < every:
-        raise ConfigError(
-            f"trainer.val_check_interval={every} is more than data.steps={steps}: the run would "
-            f"never validate; set trainer.val_check_interval to at most {steps}"
-        )
 
 
 def build_components(cfg: DictConfig) -> dict:
@@ -228,6 +220,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
     """Entry for launch.py: a configuration or model error is one line on stderr and exit 2;
     a reward service that stays down under ``on_failure: stop`` is one line and exit 3."""
     try:
+        # before seeding (seed=abc) and before either mode builds anything
+        check_config(cfg)
         if cfg.get("mode", "rl") == "reward_model":
             from agentrl.rewards.training import train_reward_model
 

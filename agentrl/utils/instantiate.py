@@ -51,6 +51,11 @@ def _check_targets(node: Any, path: str) -> None:
             _check_targets(item, f"{path}[{i}]")
 
 
+def check_targets(cfg: DictConfig, path: str = "") -> None:
+    """Refuse a ``_target_`` outside the allow-list anywhere in ``cfg`` (nothing is imported)."""
+    _check_targets(cfg, path)
+
+
 def instantiate(cfg: DictConfig | None, path: str = "", **kwargs: Any) -> Any:
     """hydra.utils.instantiate with the allow-list; the underlying ValueError/TypeError of a
     constructor surfaces as a ConfigError naming the config node."""
