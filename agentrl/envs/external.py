@@ -137,15 +137,9 @@ class ExternalRunner:
     """Runs one agent program per task (repeat a task to sample a GRPO group) against a gateway
     that lives for the duration of ``run``. Same interface as ``EpisodeRunner``."""
 
-    # the gateway's refusals (Gateway.counters): 400s, 401s, 403s, 413s, refused rewards, 409s
-    GATEWAY_COUNTERS = (
-        "bad_requests",
-        "unauthorized",
-        "forbidden",
-        "too_large",
-        "bad_rewards",
-        "duplicate_rewards",
-    )
+    # the gateway's refusals (Gateway.COUNTERS but its request count): 400s, 401s, 403s, 413s,
+    # refused rewards, 409s
+    GATEWAY_COUNTERS = tuple(k for k in Gateway.COUNTERS if k != "requests")
     COUNTERS = ("timeouts", "crashes", "missing_rewards", "no_calls", "rollouts", *GATEWAY_COUNTERS)
 
     def __init__(self, suite: ExternalAgent, engine, chat, max_seq_len: int):
