@@ -3,7 +3,12 @@
     python launch.py experiment=smollm2_toolcalc seed=S hydra.run.dir=outputs/smollm2_toolcalc/seedS
     python evaluate.py run_dir=outputs/smollm2_toolcalc/seedS suites.toolcalc.max_ops=3 \\
         suites.toolcalc.left_to_right=false          # the test split, baseline + every checkpoint
-    python bench/real_models.py outputs/smollm2_toolcalc/seed* --png docs/smollm2_toolcalc_curve.png
+    python bench/real_models.py outputs/smollm2_toolcalc/seed* --save bench/results/smollm2_toolcalc \\
+        --png docs/smollm2_toolcalc_curve.png
+
+A run directory is large and stays on the machine that made it; ``--save DIR`` keeps its summary
+as ``DIR/seed<S>.json`` (committed), and a ``.json`` summary is accepted wherever a run directory
+is, so the table and the curve can be redrawn with every seed that was ever measured.
 
 Per run: validation success along RL (``metrics.csv``), test-split success at the start of RL
 (the baseline: the warm start) and at the end (the last checkpoint), the paired-bootstrap CI of
@@ -24,6 +29,13 @@ PHASES = ("rollout", "score", "advantages", "update", "sync", "log")
 
 
 def load_run(run: Path) -> dict:
+    if run.suffix == ".json":
+        out = json.loads(run.read_text())
+        for key in ("val", "test_steps"):
+            out[key] = [tuple(x) for x in out.get(key, [])]
+        if "ci" in out:
+            out["ci"] = tuple(out["ci"])
+        return out
     with open(run / "metrics.csv") as f:
         rows = [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f)]
     val = [(r["train/rl_step"], r["val/success_rate"]) for r in rows if "val/success_rate" in r]
@@ -138,10 +150,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--png", default=None)
+    ap.add_argument("--save", type=Path, default=None, help="write each run's summary here")
     ap.add_argument("--title", default="SmolLM2-135M-Instruct, toolcalc (GRPO, LoRA)")
     args = ap.parse_args()
     runs = [load_run(r) for r in args.runs]
     print(table(runs))
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+        for path, r in zip(args.runs, runs):
+            if path.suffix != ".json":
+                out = args.save / f"seed{r['seed']}.json"
+                out.write_text(json.dumps(r, indent=1) + "\n")
+                print(f"wrote {out}")
     if args.png:
         plot(runs, args.png, args.title)
         print(f"\nwrote {args.png}")
