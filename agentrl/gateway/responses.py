@@ -148,8 +148,8 @@ def _tools(tools: Any) -> list[dict] | None:
 
 
 def _tool_choice(choice: Any, tools: list[dict] | None) -> str | None:
-    """ "none" drops the tools, as in chat completions; "auto", "required" and a named function
-    are accepted (the model is not forced)."""
+    """``none`` drops the tools, as in chat completions; ``auto``, ``required`` and a declared
+    function are accepted (the model is not forced to call)."""
     if choice is None or choice in ("auto", "required", "none"):
         return choice
     names = [t["function"]["name"] for t in tools or []]

@@ -295,3 +295,50 @@ def test_a_program_on_an_unserved_route_fails_naming_it(tokenizer):
     )
     m = runner.metrics()
     assert m["gateway/unknown_routes"] == 1 and m["gateway/no_calls"] == 1
+
+
+@pytest.mark.slow
+def test_a_responses_agent_trains_end_to_end(make_cfg):
+    """`experiment=openai_agent debug=smoke` with the Responses agent as env.command: 2 RL steps,
+    every reward reported, nothing refused, one sequence per rollout (the warm start of
+    test_external.py's end-to-end test: one-operation tasks, demonstrations that call calc)."""
+    import csv
+
+    from omegaconf import open_dict
+
+    from agentrl.train import run as train
+
+    cfg = make_cfg(
+        "experiment=openai_agent",
+        "debug=smoke",
+        "env.tasks.max_ops=1",
+        "env.tasks.guess_prob=0.0",
+        "env.tasks.num_train=800",
+        "env.tasks.num_val=100",
+        "env.tasks.num_test=100",
+        "warmstart.steps=400",
+        "warmstart.num_demos=800",
+        "warmstart.batch_size=16",
+        "data.tasks_per_step=4",
+        "algorithm.group_size=4",
+        "callbacks.export=null",
+        "validate_before_training=false",
+        "data.num_val_tasks=2",
+        "data.val_batch_size=2",
+    )
+    with open_dict(cfg):
+        cfg.env.command = f"{sys.executable} {AGENT} resend"
+    train(cfg)
+    with open(Path(cfg.paths.output_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("gateway/rollouts")]
+    assert len(rows) == 2
+    for r in rows:
+        assert float(r["gateway/rollouts"]) == 16
+        assert float(r["gateway/missing_rewards"]) == float(r["gateway/crashes"]) == 0
+        assert float(r["gateway/bad_requests"]) == float(r["gateway/unknown_routes"]) == 0
+        assert float(r["rollout/failed_episodes"]) == 0
+        # a sampled reply whose text re-tokenizes differently starts a new segment (see
+        # test_external.py); broken merging gives >= 2 on these tasks (a call, then the answer)
+        assert float(r["gateway/segments_per_rollout"]) <= 1.1
+    assert any(float(r["gateway/segments_per_rollout"]) == 1.0 for r in rows)
+    assert any(r.get("loss/grad_norm") for r in rows), "no update was applied"
