@@ -288,7 +288,7 @@ class ExternalRunner:
             return "failed", f"agent: exited with code {code}: {_tail(p.log_path)}"
         if not rec.calls:
             counts["no_calls"] += 1
-            return "failed", "agent: made no model call"
+            return "failed", "agent: made no model call" + rec.refusals()
         if rec.reward is None and self.suite.reward_fn is not None:
             try:
                 rec.reward = float(self.suite.reward_fn(rec.task, rec))

@@ -52,6 +52,11 @@ def _route(path: str) -> tuple[str | None, str]:
 
 # the counter each refused status adds to (besides the route's own counters)
 _COUNTED = {400: "bad_requests", 401: "unauthorized", 403: "forbidden", 413: "too_large"}
+# what a 404 for an unknown route lists
+SUPPORTED = (
+    "GET /v1/models, POST /v1/chat/completions, POST /v1/responses "
+    "(also under /rollouts/<id>/v1), POST /rollouts/<id>/reward"
+)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -65,6 +70,8 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "agentrl-gateway"
     _unread = False  # the request declared a body not read (yet)
     _answering = False  # its response has begun
+    _rollout = None  # the rollout the request is attributed to, once known
+    _what = ""  # "METHOD /route", for the rollout's record of refused requests
 
     def log_message(self, fmt, *args):  # the request line only; headers (the token) never
         log.debug("gateway %s: " + fmt, self.client_address[0], *args)
@@ -98,6 +105,8 @@ class Handler(BaseHTTPRequestHandler):
         gw = self.gateway
         self._unread = self._declares_body()
         self._answering = False
+        self._rollout = None
+        self._what = f"{method} {_route(self.path)[1]}"
         try:
             if not gw.allow_remote and not is_loopback(self.client_address[0]):
                 raise HTTPError(403, "only local connections are accepted", "permission_error")
@@ -118,6 +127,7 @@ class Handler(BaseHTTPRequestHandler):
                 rollout = gw.rollouts.get(rid)
                 if rollout is None:
                     raise HTTPError(404, f"no open rollout {rid!r}", "not_found_error")
+            self._rollout = rollout
             if method == "GET" and path == "/v1/models":
                 self._json(
                     200,
@@ -142,6 +152,14 @@ class Handler(BaseHTTPRequestHandler):
                 else:
                     result.pop("_token_texts", None)
                     self._json(200, result)
+            elif method == "POST" and path == "/v1/responses":
+                body = self._body()
+                gw.count("requests")
+                response, events = gw.create_response(body, rollout)
+                if body.get("stream"):
+                    self._events(events)
+                else:
+                    self._json(200, response)
             elif method == "POST" and path == "/reward" and self.path.startswith("/rollouts/"):
                 # only on the rollout's own path, with its own token (its program's)
                 if owner is not rollout:
@@ -153,7 +171,12 @@ class Handler(BaseHTTPRequestHandler):
                 gw.report(rollout, self._body())
                 self._json(200, {"ok": True})
             else:
-                raise HTTPError(404, f"no route {method} {path}", "not_found_error")
+                gw.count("unknown_routes")
+                raise HTTPError(
+                    404,
+                    f"the gateway does not serve {method} {path}; it serves {SUPPORTED}",
+                    "not_found_error",
+                )
         except HTTPError as exc:
             self._refuse(exc)
         except (BrokenPipeError, ConnectionResetError):
@@ -171,6 +194,8 @@ class Handler(BaseHTTPRequestHandler):
         name = _COUNTED.get(exc.status)
         if name is not None:
             self.gateway.count(name)
+        if self._rollout is not None:  # its program's failure names what it tried
+            self._rollout.refuse(f"{self._what} ({exc.status})")
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self._json(exc.status, {"error": {"message": exc.message, "type": exc.kind}})
 
@@ -250,6 +275,21 @@ class Handler(BaseHTTPRequestHandler):
     def _chunk(self, obj) -> None:
         data = ("data: " + (obj if isinstance(obj, str) else json.dumps(obj)) + "\n\n").encode()
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _events(self, events: list[tuple[str, dict]]) -> None:
+        """The Responses API's server-sent events (``event:`` and ``data:`` lines), then the end
+        of the stream (no ``[DONE]``). Sent once the turn is generated, as ``_stream``."""
+        self._answering = True
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for kind, payload in events:
+            data = f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
     def _stream(self, result: dict, body: dict) -> None:

@@ -48,11 +48,29 @@ class RolloutRecord:
     requests: int = 0
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Responses API: response id -> its conversation (for previous_response_id)
+    responses: dict[str, list[dict]] = field(default_factory=dict, repr=False)
+    # the requests of this rollout the gateway refused: "POST /v1/embeddings (404)", in order
+    refused: list[str] = field(default_factory=list)
 
     def add(self, call: CallRecord) -> int:
         with self.lock:
             self.calls.append(call)
             return len(self.calls) - 1
+
+    def refuse(self, what: str) -> None:
+        with self.lock:
+            if len(self.refused) < 64:  # a program looping on a refused route: enough to tell
+                self.refused.append(what)
+
+    def refusals(self, most: int = 3) -> str:
+        """'' or '; the gateway refused: POST /v1/x (404), ...' (the first ``most`` distinct)."""
+        with self.lock:
+            seen = list(dict.fromkeys(self.refused))
+        if not seen:
+            return ""
+        more = f" and {len(seen) - most} more" if len(seen) > most else ""
+        return "; the gateway refused: " + ", ".join(seen[:most]) + more
 
 
 @dataclass

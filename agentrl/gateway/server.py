@@ -6,6 +6,8 @@ Routes (``/rollouts/<id>`` in front attributes a request to a rollout; so does t
     GET  /v1/models                       the one model served
     POST /v1/chat/completions             messages, tools, temperature, top_p, max_tokens, stop,
                                           logprobs, stream (server-sent events)
+    POST /v1/responses                    the Responses API, converted to a chat completion
+                                          (responses.py); the same generation and record
     POST /rollouts/<id>/reward            {"reward": float, "success": bool (optional)}; only on
                                           the rollout's own path with its own token, once
 
@@ -43,6 +45,7 @@ from typing import Any
 
 import torch
 
+from agentrl.gateway import responses
 from agentrl.gateway.handler import Handler, HTTPError, is_loopback
 from agentrl.gateway.record import CallRecord, RolloutRecord
 from agentrl.gateway.toolcalls import TagFormat
@@ -96,6 +99,7 @@ class Gateway:
         "too_large",
         "bad_rewards",
         "duplicate_rewards",
+        "unknown_routes",
     )
 
     def __init__(
@@ -155,8 +159,12 @@ class Gateway:
         # requests: completions asked; the others count refusals: bad_requests (400s),
         # unauthorized (401), forbidden (403: a non-local peer, another rollout's token, a reward
         # without the rollout's token), too_large (413), bad_rewards (a reward refused as not a
-        # finite number in [min_reward, max_reward]), duplicate_rewards (409: a second reward)
+        # finite number in [min_reward, max_reward]), duplicate_rewards (409: a second reward),
+        # unknown_routes (404: a method and path the gateway does not serve)
         self.counters = dict.fromkeys(self.COUNTERS, 0)
+        # Responses API: the responses of requests attributed to no rollout (a rollout's are in
+        # its record), for previous_response_id; the last responses.MAX_UNATTRIBUTED
+        self.responses: dict[str, list[dict]] = {}
         self._lock = threading.Lock()
         self._queue: queue.Queue[_Pending] = queue.Queue()
         self._server: ThreadingHTTPServer | None = None
@@ -271,6 +279,15 @@ class Gateway:
         if p.error is not None:
             raise p.error
         return p.result
+
+    def create_response(
+        self, body: dict, rollout: RolloutRecord | None
+    ) -> tuple[dict, list[tuple[str, dict]]]:
+        """One Responses request (called on an HTTP thread): the response and, when the request
+        streams, its events (responses.py); generated through ``submit`` like a chat one."""
+        store, lock = (rollout.responses, rollout.lock) if rollout else (self.responses, self._lock)
+        response, texts = responses.create(self.submit, body, rollout, store, lock)
+        return response, (responses.events(response, texts) if body.get("stream") else [])
 
     def report(self, rollout: RolloutRecord, body: dict) -> None:
         """Take the rollout's reward: a finite number in [min_reward, max_reward], once."""
