@@ -251,7 +251,7 @@ _WEBNAV = {
     "kind_query_prob": PROB,
     "http_timeout": POS,
 }
-_EXTERNAL = {"timeout_s": POS, "max_concurrency": COUNT}
+_EXTERNAL = {"timeout_s": POS, "max_concurrency": COUNT, "workers": COUNT}
 _GATEWAY = {
     "port": Int(0, 65535),
     "allow_remote": FLAG,

@@ -19,6 +19,11 @@ when configured; a rollout that timed out, crashed, made no model call or has no
 marked failed and counted (``gateway/*`` metrics), never fatal. Subprocesses are killed (their
 whole process group) on every exit path.
 
+``entry_point`` (``module:function``) instead runs ``function(task, base_url, api_key) ->
+reward`` in a pool of ``workers`` long-lived processes that import the agent once and serve many
+rollouts, each with the same environment, token, timeout and failure accounting
+(``agentrl/envs/external_workers.py``).
+
 Tasks, the warm start's demonstrations and the system prompt come from a task source suite
 (``tasks``, e.g. toolcalc): ``tasks``, ``make``, ``oracle`` and ``verify`` are delegated to it.
 """
@@ -29,6 +34,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -47,12 +53,15 @@ from agentrl.types import Task, Trajectory
 
 log = logging.getLogger(__name__)
 
+_ENTRY_POINT = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
 
 class ExternalAgent:
     """The env suite of ``conf/env/external.yaml``.
 
     command: the agent program (a string, split like a shell would; a leading ``python`` or
-        ``python3`` is this interpreter, so the program runs in the same environment).
+        ``python3`` is this interpreter, so the program runs in the same environment); not used
+        when ``entry_point`` is set.
     tasks: the task source suite (built from its own ``_target_``).
     gateway: a partial ``Gateway`` (given the engine and tokenizer at run time).
     timeout_s: a rollout's program is killed after this many seconds (counted).
@@ -60,6 +69,9 @@ class ExternalAgent:
     reward_fn: optional ``(task, record) -> float`` scoring the recorded conversation of a
         rollout whose program reported no reward.
     cwd: the working directory of the programs (null: this process's).
+    entry_point: ``module:function`` run in a pool of long-lived workers instead of ``command``
+        (imported from ``cwd``; one that does not import is a ValueError, raised here).
+    workers: the pool's processes (rollouts running at once) in entry-point mode.
     """
 
     name = "external"
@@ -73,17 +85,26 @@ class ExternalAgent:
         max_concurrency: int = 8,
         reward_fn=None,
         cwd: str | None = None,
+        entry_point: str | None = None,
+        workers: int = 8,
     ):
-        if not command or not str(command).strip():
+        if entry_point is None and (not command or not str(command).strip()):
             raise ValueError("env.command must name the agent program to run, got nothing")
+        if entry_point is not None and not _ENTRY_POINT.fullmatch(str(entry_point)):
+            raise ValueError(
+                "env.entry_point must be 'module:function' (e.g. examples.openai_agent.agent:run),"
+                f" got {entry_point!r}"
+            )
+        if workers < 1:
+            raise ValueError(f"env.workers must be >= 1, got {workers}")
         if timeout_s <= 0:
             raise ValueError(f"env.timeout_s must be > 0, got {timeout_s}")
         if max_concurrency < 1:
             raise ValueError(f"env.max_concurrency must be >= 1, got {max_concurrency}")
         if gateway is not None:
             gateway(engine=None, tokenizer=None)  # its settings are checked now, before compute
-        argv = shlex.split(str(command))
-        if argv[0] in ("python", "python3"):
+        argv = shlex.split(str(command or ""))
+        if argv and argv[0] in ("python", "python3"):
             argv[0] = sys.executable
         self.argv = argv
         self.source = tasks
@@ -96,6 +117,17 @@ class ExternalAgent:
         self.max_turns = tasks.max_turns
         self.max_action_tokens = tasks.max_action_tokens
         self.stop_strings = list(tasks.stop_strings)
+        self.pool = None
+        if entry_point is not None:  # last: nothing after it can fail and leave it running
+            from agentrl.envs.external_workers import WorkerPool
+
+            self.pool = WorkerPool(str(entry_point), int(workers), cwd, self.timeout_s)
+            self.pool.start()
+
+    def close(self) -> None:
+        """End the entry point's workers (the trainer calls this on every exit path)."""
+        if self.pool is not None:
+            self.pool.close()
 
     def tasks(self, split: str) -> list[Task]:
         return self.source.tasks(split)
@@ -120,6 +152,11 @@ class _Proc:
         self.popen, self.log_path = popen, log_path
         self.started = time.monotonic()
         self.outcome: str | None = None
+
+    def crash(self) -> str | None:
+        """Why the program failed (it exited with an error), else None."""
+        code = self.popen.returncode
+        return None if code == 0 else f"agent: exited with code {code}: {_tail(self.log_path)}"
 
 
 def kill_group(popen: subprocess.Popen) -> None:
@@ -182,6 +219,11 @@ class ExternalRunner:
         gw.sampling = params
         gw.generator_fn = self._generators(generator)
         self.gateway = gw
+        if self.suite.pool is not None:
+            with gw:
+                jobs = [self._job(gw, i, t, g) for i, (t, g) in enumerate(zip(tasks, groups))]
+                self.suite.pool.run(gw, jobs)
+                return self._collect(jobs, gw)
         procs: list[_Proc] = []
         with tempfile.TemporaryDirectory(prefix="agentrl-agents-") as tmp, gw:
             try:
@@ -228,23 +270,47 @@ class ExternalRunner:
         while gw.pump(0.0):  # answer anything a killed program left queued
             pass
 
-    def _spawn(self, gw: Gateway, index: int, task: Task, group: int, tmp: Path) -> _Proc:
+    def _open(self, gw: Gateway, index: int, task: Task) -> tuple[RolloutRecord, dict, dict]:
+        """The rollout's record, its task as the agent sees it, and its environment variables."""
         rid = f"rollout-{index}"
         record = gw.open_rollout(rid, task)
-        payload = {
-            **asdict(task),
-            "system": self.suite.system_prompt,
-            "max_turns": self.suite.max_turns,
-        }
-        env = dict(os.environ)
-        env.update(
-            OPENAI_BASE_URL=gw.rollout_url(rid),
-            OPENAI_API_KEY=record.token,
-            AGENTRL_ROLLOUT_TOKEN=record.token,
-            AGENTRL_ROLLOUT_ID=rid,
-            AGENTRL_TASK=json.dumps(payload, default=str),
-            AGENTRL_REWARD_URL=f"{gw.url}/rollouts/{rid}/reward",
+        payload = json.loads(
+            json.dumps(
+                {
+                    **asdict(task),
+                    "system": self.suite.system_prompt,
+                    "max_turns": self.suite.max_turns,
+                },
+                default=str,
+            )
         )
+        env = {
+            "OPENAI_BASE_URL": gw.rollout_url(rid),
+            "OPENAI_API_KEY": record.token,
+            "AGENTRL_ROLLOUT_TOKEN": record.token,
+            "AGENTRL_ROLLOUT_ID": rid,
+            "AGENTRL_TASK": json.dumps(payload),
+            "AGENTRL_REWARD_URL": f"{gw.url}/rollouts/{rid}/reward",
+        }
+        return record, payload, env
+
+    def _job(self, gw: Gateway, index: int, task: Task, group: int):
+        from agentrl.envs.external_workers import Job
+
+        record, payload, env = self._open(gw, index, task)
+        message = {
+            "id": record.id,
+            "task": payload,
+            "base_url": env["OPENAI_BASE_URL"],
+            "api_key": record.token,
+            "env": env,
+        }
+        return Job(index, record, group, message)
+
+    def _spawn(self, gw: Gateway, index: int, task: Task, group: int, tmp: Path) -> _Proc:
+        record, _, extra = self._open(gw, index, task)
+        rid = record.id
+        env = {**os.environ, **extra}
         log_path = tmp / f"{rid}.log"
         with open(log_path, "wb") as out:
             popen = subprocess.Popen(
@@ -282,10 +348,10 @@ class ExternalRunner:
         if p.outcome == "timeout":
             counts["timeouts"] += 1
             return "failed", f"agent: timed out after {self.suite.timeout_s:g}s"
-        code = p.popen.returncode
-        if code != 0:
+        crash = p.crash()
+        if crash is not None:
             counts["crashes"] += 1
-            return "failed", f"agent: exited with code {code}: {_tail(p.log_path)}"
+            return "failed", crash
         if not rec.calls:
             counts["no_calls"] += 1
             return "failed", "agent: made no model call" + rec.refusals()

@@ -7,6 +7,10 @@ function calling, and reports its reward (1.0 when its final answer is right) ov
     AGENTRL_TASK        {"prompt": "Compute (14-13)*4", "answer": 4, "system": ..., "max_turns": 6}
     AGENTRL_REWARD_URL  POST {"reward": r, "success": bool} with the same bearer token
 
+The same agent as an entry point, for a pool of long-lived workers (no Python start per
+rollout): ``run(task, base_url, api_key) -> reward``, with ``task`` the dict above; the reward is
+returned instead of posted (``env.entry_point=examples.openai_agent.agent:run``).
+
 Train it: ``python launch.py experiment=openai_agent`` (docs/gateway.md).
 """
 
@@ -81,12 +85,18 @@ def report(reward: float, success: bool) -> None:
         resp.read()
 
 
+def run(task: dict, base_url: str, api_key: str) -> float:
+    """One rollout: 1.0 when the final answer is right, else 0.0 (the entry point)."""
+    with OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=300) as client:
+        answer = solve(client, task)
+    return float(answer is not None and answer == task["answer"])
+
+
 def main() -> int:
+    """One rollout as a program: the task and the endpoint from the environment."""
     task = json.loads(os.environ["AGENTRL_TASK"])
-    client = OpenAI(max_retries=0, timeout=300)  # OPENAI_BASE_URL and OPENAI_API_KEY from env
-    answer = solve(client, task)
-    success = answer is not None and answer == task["answer"]
-    report(float(success), success)
+    reward = run(task, os.environ["OPENAI_BASE_URL"], os.environ["OPENAI_API_KEY"])
+    report(reward, reward > 0)
     return 0
 
 
