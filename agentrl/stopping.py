@@ -228,13 +228,16 @@ def summary(exc: StopRequested, output_dir: str) -> str:
     """The one line printed at a stop: where, what was saved, how to resume."""
     where = {
         "start": f"RL step {exc.step}",
+        "reward model rollouts": "the rollouts that train the reward model (none are kept)",
         "warm start": f"the warm start at its step {exc.step}",
-        "validation": f"the validation after RL step {exc.step}",
+        "validation": f"the validation after RL step {exc.step}"
+        if exc.step
+        else "the validation before RL step 1",
     }.get(exc.phase, f"the {exc.phase} of RL step {exc.step}")
     if STATE.saved:
         saved = f"checkpoint of {STATE.saved[0]}: {STATE.saved[1]}"
     else:
-        saved = "nothing new to save (the warm start is cached)"
+        saved = "nothing to save (RL had not started)"
         last = Path(output_dir) / "checkpoints" / "last.ckpt"
         if last.exists():
             saved = f"nothing new to save ({last} is current)"
