@@ -98,6 +98,18 @@ def reclaim() -> None:
             signal.signal(sig, _handler)
 
 
+def claim(trainer) -> None:
+    """Called as a Trainer's fit or validate starts, after Lightning installed its SIGTERM
+    handler: ours goes back. Lightning's composes with the handler it found (ours), so a
+    signal in between set our flag too; Lightning's own flag is cleared, so that it does not
+    raise its SIGTERMException (which saves nothing) at a batch end."""
+    STATE.trainer = trainer
+    reclaim()
+    connector = getattr(trainer, "_signal_connector", None)
+    if connector is not None and STATE.installed:
+        connector.received_sigterm = False
+
+
 @contextlib.contextmanager
 def handle_signals():
     """Within: SIGTERM and SIGINT request a stop (see the module docstring)."""
@@ -174,15 +186,11 @@ class StopAtSafePoints(L.Callback):
     def __init__(self):
         self._saving = False
 
-    def _claim(self, trainer) -> None:
-        STATE.trainer = trainer
-        reclaim()
-
     def on_train_start(self, trainer, pl_module) -> None:
-        self._claim(trainer)
+        claim(trainer)
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        self._claim(trainer)
+        claim(trainer)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         step = getattr(pl_module, "rl_step", trainer.global_step)

@@ -329,8 +329,7 @@ class _StopBetweenSteps(L.Callback):
         self.content = content
 
     def on_train_start(self, trainer, pl_module) -> None:
-        stopping.STATE.trainer = trainer
-        stopping.reclaim()  # Lightning installed its SIGTERM handler for this fit
+        stopping.claim(trainer)  # Lightning installed its SIGTERM handler for this fit
         resume = pl_module.resume_state
         if resume is not None:  # after the data loader drew its seed, as the first run did
             torch.set_rng_state(resume["rng"])

@@ -56,6 +56,49 @@ def test_resume_command_reruns_in_the_run_dir():
     assert stopping.resume_command("/runs/a b").endswith("'hydra.run.dir=/runs/a b'")
 
 
+def _loops(train: tuple[int, int], val_total: tuple[int, int], val_current: tuple[int, int]):
+    """A fit loop state: (ready=started, processed=completed) of the training batches and of
+    the validation batches (over the epoch, and in the current validation)."""
+
+    def progress(counts):
+        ready, done = counts
+        return {"ready": ready, "started": ready, "processed": done, "completed": done}
+
+    return {
+        "loops": {
+            "fit_loop": {
+                "epoch_loop.batch_progress": {"total": progress(train)},
+                "epoch_loop.state_dict": {"_batches_that_stepped": 3},
+                "epoch_loop.val_loop.batch_progress": {
+                    "total": progress(val_total),
+                    "current": progress(val_current),
+                },
+            }
+        }
+    }
+
+
+def test_stop_inside_a_training_batch_counts_the_loggers_step_once():
+    # RL step 4's rollout cut short (3 batches done): Lightning's restart adds one to the
+    # loggers' batch counter, as for a checkpoint taken before the counter moved
+    ckpt = _loops(train=(4, 3), val_total=(2, 2), val_current=(2, 2))
+    stopping.resumable_loops(ckpt)
+    fit = ckpt["loops"]["fit_loop"]
+    assert fit["epoch_loop.state_dict"]["_batches_that_stepped"] == 2
+    assert fit["epoch_loop.val_loop.batch_progress"]["current"]["completed"] == 2
+
+
+def test_stop_inside_a_validation_restarts_it_from_its_first_batch():
+    # the second validation of the epoch (2 batches each), stopped after its first batch (the
+    # second was started and skipped): Lightning must redo the whole validation, not finish it
+    ckpt = _loops(train=(4, 4), val_total=(4, 3), val_current=(2, 1))
+    stopping.resumable_loops(ckpt)
+    val = ckpt["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    assert val["total"] == {"ready": 3, "started": 3, "processed": 2, "completed": 2}
+    assert val["current"] == {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+    assert ckpt["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] == 3
+
+
 # ----------------------------------------------------------------------------- real runs
 # small settings: a 100-step warm start (so rewards are not all zero), 4 RL steps of 4 tasks,
 # validation every 2 steps over 2 batches
