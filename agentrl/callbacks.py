@@ -90,6 +90,14 @@ class RLModelCheckpoint(ModelCheckpoint):
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
 
+    def save_at_stop(self, trainer) -> str:
+        """last.ckpt at a stop (SIGTERM, SIGINT; agentrl.stopping): the state of the last
+        completed RL step, unless last.ckpt already holds it. Returns its path."""
+        rl_step = getattr(trainer.lightning_module, "rl_step", trainer.global_step)
+        if rl_step != self._last_rl_step_saved or not self.last_model_path:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        return self.last_model_path
+
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         """Write ``<file>.tmp`` then rename it over ``<file>``: a checkpoint is never half-written
         (Lightning's own save goes through a temporary file in the system temp dir, which is a

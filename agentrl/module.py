@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from agentrl import distributed as D
+from agentrl import stopping
 from agentrl import value as V
 from agentrl.algorithms import functional as F
 from agentrl.batching import TokenBatch, collate, model_logprobs_chunked
@@ -138,8 +139,12 @@ class AgentRLModule(L.LightningModule):
             return preference_step(self, batch)
         step, tasks = batch["step"], batch["tasks"]
         timer = Timer()
+        stopping.entered("rollout", step + 1)
         with timer("rollout"):
             trajs = self._rollout(tasks, step)
+        # a stop signal abandons the rollout (the runner stops between turns); once it is
+        # complete, the step runs to its end
+        stopping.check("rollout", step + 1)
         with timer("score"):
             counts = score_batch(self.reward, trajs)
             kept = [t for t in trajs if t.status != "failed"]
@@ -147,6 +152,7 @@ class AgentRLModule(L.LightningModule):
         with timer("advantages"):
             kept, scored, adv_stats = self._advantages(kept, scored)
         with timer("update"):
+            stopping.entered("update", step + 1)
             self.buffer.add(kept, step)
             stats = self._update(self.buffer.drain(step), scored)
             if scored is not None:
@@ -508,6 +514,9 @@ class AgentRLModule(L.LightningModule):
         self._val_gathered.enter_context(D.gathered(self.policy))
 
     def validation_step(self, tasks, batch_idx):
+        stopping.entered("validation", self.rl_step)
+        if stopping.requested():
+            return  # the rest of a validation cut short is skipped (it is redone on resume)
         params = self.runner.sampling(self.temperature, 1.0, greedy=True)
         trajs = self.runner.run(list(tasks), list(range(len(tasks))), params)
         counts = score_batch(self.reward, trajs)
@@ -516,6 +525,7 @@ class AgentRLModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._val_gathered.close()
+        stopping.check("validation", self.rl_step)
         trajs = self._val
         # the reward mean is over the episodes that have one: a failed episode (its env step or
         # its reward raised) is left out and counted, as in training; success counts every episode

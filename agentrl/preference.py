@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from agentrl import stopping
 from agentrl.batching import collate
 from agentrl.pairs import env_pairs, pair_trajectories, ranked_pairs
 from agentrl.rewards.base import score_batch
@@ -42,7 +43,9 @@ def preference_step(module, batch) -> None:
         )
     seconds: dict[str, float] = {}
     start = time.perf_counter()
+    stopping.entered("rollout", step + 1)
     pairs, sampled, stats = collect_pairs(module, tasks, step)
+    stopping.check("rollout", step + 1)  # a stop signal cut the rollout short: redo the step
     seconds["rollout"] = time.perf_counter() - start
     start = time.perf_counter()
     scored = score_pairs(module, pairs)

@@ -15,7 +15,7 @@ import torch
 from lightning.fabric.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from agentrl import config_check
+from agentrl import config_check, stopping
 from agentrl.envs.base import close_suite
 from agentrl.loggers import truncate_metrics
 from agentrl.models import qlora
@@ -134,6 +134,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [
         instantiate(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c
     ]
+    # not a config choice: SIGTERM/SIGINT stop at a safe point with a checkpoint (stopping.py)
+    callbacks.append(stopping.StopAtSafePoints())
     return instantiate(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
 
 
@@ -174,7 +176,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     torch.set_num_threads(cfg.get("num_threads") or torch.get_num_threads())
     parts = build_components(cfg)
     try:
-        return fit(cfg, parts)
+        with stopping.handle_signals():
+            return fit(cfg, parts)
     finally:
         # the env's servers and browsers go on every exit path (an exception, Ctrl-C included)
         close_suite(parts["suite"])
@@ -233,6 +236,9 @@ def main(cfg: DictConfig) -> dict[str, float]:
     except RewardUnavailable as exc:
         print(f"stopped: {exc} (the last checkpoint is intact; rerun to resume)", file=sys.stderr)
         sys.exit(3)
+    except stopping.StopRequested as exc:
+        stopping.report(exc, cfg.paths.output_dir)
+        sys.exit(exc.exit_code)
 
 
 def print_config(cfg: DictConfig) -> None:

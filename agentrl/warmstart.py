@@ -26,6 +26,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from agentrl import stopping
 from agentrl.batching import collate
 from agentrl.rollout.runner import EpisodeRunner
 
@@ -51,6 +52,8 @@ class SFTModule(L.LightningModule):
         self.steps = steps
         self.warmup_steps = warmup_steps
         self.min_lr_ratio = min_lr_ratio
+        # the optimizer and scheduler states of a warm start stopped part-way (None: fresh)
+        self.resume_state: dict | None = None
 
     def training_step(self, batch, batch_idx):
         ids, attn, mask = batch
@@ -68,6 +71,9 @@ class SFTModule(L.LightningModule):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
+        if self.resume_state is not None:
+            opt.load_state_dict(self.resume_state["optimizer"])
+            sched.load_state_dict(self.resume_state["scheduler"])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def lr_factor(self, step: int) -> float:
@@ -214,6 +220,8 @@ class WarmStart:
             policy.load_state_dict(state)
             self._save(policy, folder, content)
             return folder
+        # a rank that waited for the lock while the one training was stopped stops too
+        stopping.check("warm start", 0, sync=False)
         solved = sum(bool(d.success) for d in demos) / len(demos)
         log.info(
             "warm start: %d demonstrations (%.0f%% correct), %d steps",
@@ -221,9 +229,11 @@ class WarmStart:
             100 * solved,
             self.steps,
         )
-        trainer = self._train(policy, batch, trainer_kwargs)
+        partial = folder.parent / f"{folder.name}.partial.ckpt"
+        trainer = self._train(policy, batch, trainer_kwargs, partial, content)
         if trainer.global_rank == 0:
             self._save(policy, folder, content)
+            partial.unlink(missing_ok=True)
         trainer.strategy.barrier()
         return folder
 
@@ -242,25 +252,34 @@ class WarmStart:
                 return entry.parent
         return None
 
-    def _train(self, policy, batch, trainer_kwargs: dict):
+    def _train(self, policy, batch, trainer_kwargs: dict, partial: Path, content: str):
+        """SFT for ``steps`` optimizer steps, or the rest of them after the ``partial`` progress
+        a stopped warm start saved (weights, optimizer, schedule, RNG: the same result)."""
         data = torch.utils.data.TensorDataset(
             batch.input_ids, batch.attention_mask, batch.loss_mask
         )
         g = torch.Generator().manual_seed(self.seed)
-        loader = torch.utils.data.DataLoader(
-            data,
-            batch_size=self.batch_size,
-            sampler=torch.utils.data.RandomSampler(
+        # every step's examples, drawn up front (the same draws as sampling them lazily)
+        order = list(
+            torch.utils.data.RandomSampler(
                 data, replacement=True, num_samples=self.steps * self.batch_size, generator=g
-            ),
+            )
+        )
+        resume = load_partial(partial, content)
+        done = resume["step"] if resume else 0
+        if resume:
+            log.info("warm start: resuming at step %d of %d (%s)", done, self.steps, partial)
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=self.batch_size, sampler=order[done * self.batch_size :]
         )
         kwargs = dict(trainer_kwargs)
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), _StopBetweenSteps(partial, content)]
         if self.precision is not None:
             kwargs["precision"] = self.precision
         dtype = next(policy.parameters()).dtype
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
-            trainer = L.Trainer(max_steps=self.steps, **kwargs)
+            trainer = L.Trainer(max_steps=self.steps - done, **kwargs)
             # float32 master weights for the optimisation of a low-precision model
             sft = SFTModule(
                 policy.float(),
@@ -270,6 +289,9 @@ class WarmStart:
                 self.warmup_steps,
                 self.min_lr_ratio,
             )
+            if resume:
+                policy.load_state_dict(resume["policy"])
+                sft.resume_state = resume
             trainer.fit(sft, loader)
         policy.to(dtype)
         return trainer
@@ -283,3 +305,60 @@ class WarmStart:
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
+
+
+def load_partial(path: Path, content: str) -> dict | None:
+    """The progress a stopped warm start saved at ``path``, if it is of this training (the same
+    content key) and readable; else None (and it is started afresh)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        log.warning("warm start: ignoring %s (%s: %s)", path, type(exc).__name__, exc)
+        return None
+    return state if state.get("content") == content else None
+
+
+class _StopBetweenSteps(L.Callback):
+    """The warm start's safe points: after each optimizer step, a stop signal saves the progress
+    to ``partial`` (written then renamed) and stops (agentrl.stopping)."""
+
+    def __init__(self, partial: Path, content: str):
+        self.partial = partial
+        self.content = content
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        stopping.claim(trainer)  # Lightning installed its SIGTERM handler for this fit
+        resume = pl_module.resume_state
+        if resume is not None:  # after the data loader drew its seed, as the first run did
+            torch.set_rng_state(resume["rng"])
+            if resume.get("cuda_rng"):
+                torch.cuda.set_rng_state_all(resume["cuda_rng"])
+
+    def _done(self, trainer, pl_module) -> int:
+        resume = pl_module.resume_state
+        return (resume["step"] if resume else 0) + trainer.global_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        stopping.entered("warmstart", self._done(trainer, pl_module) + 1)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not stopping.requested():
+            return
+        step = self._done(trainer, pl_module)
+        opt = trainer.optimizers[0]
+        state = {
+            "content": self.content,
+            "step": step,
+            "policy": pl_module.policy.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        }
+        tmp = self.partial.with_name(self.partial.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.partial)
+        stopping.STATE.saved = (f"warm-start step {step}", str(self.partial))
+        stopping.check("warm start", step, sync=False)

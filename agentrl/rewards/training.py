@@ -30,6 +30,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from agentrl import stopping
 from agentrl.envs.base import close_suite
 from agentrl.pairs import PreferencePair, env_pairs, load_pairs, pair_trajectories, ranked_pairs
 from agentrl.rewards.base import score_batch
@@ -105,6 +106,8 @@ def rollout_pairs(cfg: DictConfig, suite, src: dict, seed: int) -> list[Preferen
             params,
             gen,
         )
+        # a stop signal (agentrl.stopping) cut these episodes short: none of them is kept
+        stopping.check("reward model rollouts", i // 16, sync=False)
         score_batch(ranker, trajs)
         got, _ = ranked_pairs(trajs)
         pairs += got

@@ -11,6 +11,7 @@ import logging
 
 import torch
 
+from agentrl import stopping
 from agentrl.rollout.chat import ChatFormat
 from agentrl.rollout.engine import Generation, SamplingParams
 from agentrl.types import Task, Trajectory, Turn
@@ -89,7 +90,7 @@ class EpisodeRunner:
         episodes = [self._start(t, g) for t, g in zip(tasks, groups)]
         for _ in range(max(self.suite.max_turns, 1)):
             live = [e for e in episodes if not e.done]
-            if not live:
+            if not live or stopping.requested():  # a stop signal abandons the episodes
                 break
             gens = self.engine.generate([e.traj.token_ids for e in live], params, generator)
             for ep, gen in zip(live, gens):

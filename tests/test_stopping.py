@@ -1,0 +1,199 @@
+"""Stopping on SIGTERM/SIGINT (agentrl/stopping.py): the handler's flag and the exit codes here;
+real ``launch.py`` runs signalled at each safe point, then resumed, in the slow tests below."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from agentrl import stopping
+from agentrl.train import checkpoint_rl_step
+from tests.test_train import assert_same_steps_and_values, metrics_rows, rows_with
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_signal_sets_the_flag_and_check_raises_with_the_exit_code():
+    before = signal.getsignal(signal.SIGTERM)
+    with stopping.handle_signals():
+        stopping.check("rollout", 1)  # nothing requested: no stop
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stopping.requested()
+        with pytest.raises(stopping.StopRequested) as info:
+            stopping.check("rollout", 3)
+    assert (info.value.phase, info.value.step, info.value.exit_code) == ("rollout", 3, 143)
+    # the handlers of before are back
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_second_ctrl_c_stops_at_once():
+    with stopping.handle_signals():
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(stopping.StopRequested) as info:
+            stopping.check("validation", 0)
+        assert info.value.exit_code == 130
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_handler_reclaimed_after_lightning_installs_its_own():
+    with stopping.handle_signals():
+        signal.signal(signal.SIGTERM, lambda *a: None)  # as Lightning's _SignalConnector does
+        stopping.reclaim()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stopping.requested()
+
+
+def test_resume_command_reruns_in_the_run_dir():
+    # outside @hydra.main there are no overrides to repeat: the run directory is named
+    assert stopping.resume_command("/runs/a b").endswith("'hydra.run.dir=/runs/a b'")
+
+
+def _loops(train: tuple[int, int], val_total: tuple[int, int], val_current: tuple[int, int]):
+    """A fit loop state: (ready=started, processed=completed) of the training batches and of
+    the validation batches (over the epoch, and in the current validation)."""
+
+    def progress(counts):
+        ready, done = counts
+        return {"ready": ready, "started": ready, "processed": done, "completed": done}
+
+    return {
+        "loops": {
+            "fit_loop": {
+                "epoch_loop.batch_progress": {"total": progress(train)},
+                "epoch_loop.state_dict": {"_batches_that_stepped": 3},
+                "epoch_loop.val_loop.batch_progress": {
+                    "total": progress(val_total),
+                    "current": progress(val_current),
+                },
+            }
+        }
+    }
+
+
+def test_stop_inside_a_training_batch_counts_the_loggers_step_once():
+    # RL step 4's rollout cut short (3 batches done): Lightning's restart adds one to the
+    # loggers' batch counter, as for a checkpoint taken before the counter moved
+    ckpt = _loops(train=(4, 3), val_total=(2, 2), val_current=(2, 2))
+    stopping.resumable_loops(ckpt)
+    fit = ckpt["loops"]["fit_loop"]
+    assert fit["epoch_loop.state_dict"]["_batches_that_stepped"] == 2
+    assert fit["epoch_loop.val_loop.batch_progress"]["current"]["completed"] == 2
+
+
+def test_stop_inside_a_validation_restarts_it_from_its_first_batch():
+    # the second validation of the epoch (2 batches each), stopped after its first batch (the
+    # second was started and skipped): Lightning must redo the whole validation, not finish it
+    ckpt = _loops(train=(4, 4), val_total=(4, 3), val_current=(2, 1))
+    stopping.resumable_loops(ckpt)
+    val = ckpt["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    assert val["total"] == {"ready": 3, "started": 3, "processed": 2, "completed": 2}
+    assert val["current"] == {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+    assert ckpt["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] == 3
+
+
+# ----------------------------------------------------------------------------- real runs
+# small settings: a 40-step warm start (rewards not all zero: checked), 4 RL steps of 4 tasks,
+# validation every 2 steps over 2 batches
+COMMON = [
+    "data.tasks_per_step=4",
+    "data.num_val_tasks=16",
+    "data.val_batch_size=8",
+    "warmstart.steps=40",
+    "warmstart.num_demos=64",
+    "data.steps=4",
+    "trainer.val_check_interval=2",
+    "callbacks.export=null",
+    "trainer.enable_progress_bar=false",
+    "callbacks.rich_progress=null",
+    "+trainer.enable_model_summary=false",
+]
+# generous: a hang, not a slow machine, is what this catches
+TIMEOUT_S = 600
+
+
+def launch(run_dir: Path, cache: Path, signal_at: str | None = None):
+    """``python launch.py`` in its own session; returns (return code, stderr, session leftovers)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env.pop(stopping.TEST_HOOK, None)
+    if signal_at:
+        env[stopping.TEST_HOOK] = signal_at
+    args = [*COMMON, f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"]
+    proc = subprocess.Popen(
+        [sys.executable, "launch.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    _, err = proc.communicate(timeout=TIMEOUT_S)
+    left = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(p.pid) == proc.pid and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(p.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            continue
+    return proc.returncode, err, left
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The metrics of the run uninterrupted, and its cache (its warm start, reused)."""
+    base = tmp_path_factory.mktemp("uninterrupted")
+    rc, err, _ = launch(base / "run", base / "cache")
+    assert rc == 0, err[-3000:]
+    rows = metrics_rows(base / "run")
+    assert any(r["rollout/reward_mean"] != 0 for r in rows_with(rows, "rollout/reward_mean"))
+    return rows, base / "cache"
+
+
+# (AGENTRL_SIGNAL_AT, where the line says it stopped, what it names as saved)
+CASES = [
+    # between two optimizer steps of the warm start (its own cache: it is trained here)
+    ("warmstart:20", "in the warm start at its step 20", "warm-start step 20"),
+    # between turns: the step's episodes are dropped, last.ckpt is at the step before
+    ("rollout:2", "in the rollout of RL step 2", "RL step 1"),
+    # the last step's update runs to its end; the final validation is cut short
+    ("update:4", "in the validation after RL step 4", "RL step 4"),
+    # a validation in the middle of the run, cut short after its first batch
+    ("validation:2", "in the validation after RL step 2", "RL step 2"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signal_at", "where", "saved"), CASES, ids=[c[0] for c in CASES])
+def test_sigterm_saves_and_the_rerun_matches(tmp_path, uninterrupted, signal_at, where, saved):
+    want, shared_cache = uninterrupted
+    run_dir = tmp_path / "run"
+    cache = tmp_path / "cache" if signal_at.startswith("warmstart") else shared_cache
+    rc, err, left = launch(run_dir, cache, signal_at)
+    print(f"replay: {stopping.TEST_HOOK}={signal_at}\n{err[-2000:]}")
+    assert rc == 143, err[-3000:]
+    assert not left, f"processes left behind: {left}"
+    lines = [ln for ln in err.splitlines() if ln.startswith("stopped by SIGTERM")]
+    assert len(lines) == 1, err[-3000:]
+    assert f" {where};" in lines[0] and f"checkpoint of {saved}:" in lines[0], lines[0]
+    assert f"resume: python launch.py {COMMON[0]}" in lines[0]
+    assert lines[0].endswith(f"hydra.run.dir={run_dir}")
+    path = lines[0].split(f"checkpoint of {saved}: ")[1].split(";")[0]
+    if signal_at.startswith("warmstart"):
+        assert torch.load(path, weights_only=True)["step"] == 20
+    else:
+        assert checkpoint_rl_step(path) == int(saved.split()[-1])
+    rc, err, left = launch(run_dir, cache)
+    assert rc == 0, err[-3000:]
+    assert not left
+    rows = metrics_rows(run_dir)
+    assert_same_steps_and_values(rows, want)
+    # the loggers' step column too: the resumed run's rows are the uninterrupted run's
+    assert [r.get("step") for r in rows] == [r.get("step") for r in want]
