@@ -186,7 +186,8 @@ def launch(run_dir: Path, cache: Path, *overrides: str) -> str:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        timeout=900,
+        # a hang guard only: a smoke run takes ~40 s alone, 20+ min on a starved shared CPU
+        timeout=1800,
     )
     assert proc.returncode == 0, f"{shlex.join(cmd)} failed:\n{proc.stdout[-5000:]}"
     return proc.stdout
