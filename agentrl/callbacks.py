@@ -1,8 +1,9 @@
-"""Lightning callbacks: sample trajectories (JSONL and the tracking loggers), the exported policy,
-the learning curve."""
+"""Lightning callbacks: the model summary, sample trajectories (JSONL and the tracking loggers),
+the exported policy, the learning curve."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -55,6 +57,45 @@ def tracker_kind(logger) -> str | None:
         if isinstance(logger, cls):
             return kind
     return "tensorboard" if isinstance(logger, TensorBoardLogger) else None
+
+
+class ModelSummary(LightningModelSummary):
+    """Lightning's model summary, logged (so it is in the run's log file too), with the columns
+    that mean something here: name, type, parameters. Lightning's FLOPs column counts a forward
+    of ``example_input_array``, which an RL module has none of (a rollout is many forwards), so
+    it read 0; its Mode column read "eval" for the frozen reference, which is in eval mode only
+    while it computes."""
+
+    COLUMNS = (" ", "Name", "Type", "Params", "Params per Device")
+
+    @staticmethod
+    def summarize(
+        summary_data,
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict,
+        total_flops: int,
+        **summarize_kwargs,
+    ) -> None:
+        from lightning.pytorch.utilities.model_summary.model_summary import (
+            get_formatted_model_size,
+            get_human_readable_count,
+        )
+
+        columns = [(name, values) for name, values in summary_data if name in ModelSummary.COLUMNS]
+        widths = [max(len(name), *(len(v) for v in values)) for name, values in columns]
+        rows = [[name for name, _ in columns], *zip(*(values for _, values in columns))]
+        lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        frozen = total_parameters - trainable_parameters
+        trainable, frozen = (
+            get_human_readable_count(n).strip() for n in (trainable_parameters, frozen)
+        )
+        lines.append(
+            f"{trainable} trainable and {frozen} frozen parameters "
+            f"({get_formatted_model_size(model_size)} MB)"
+        )
+        log.info("model:\n%s", "\n".join(lines))
 
 
 class RLModelCheckpoint(ModelCheckpoint):
@@ -322,17 +363,36 @@ class ExportPolicy(L.Callback):
         if not trainer.is_global_zero:
             return
         self.dirpath.mkdir(parents=True, exist_ok=True)
+        # the line below says it is done; transformers' "Writing model shards" bar would be the
+        # run's last output otherwise
+        with without_transformers_progress_bars():
+            self._save(policy, pl_module.tokenizer, state)
+        log.info("exported the policy to %s", self.dirpath)
+
+    def _save(self, policy, tokenizer, state: dict | None) -> None:
         if state is not None:
             policy.save_pretrained(self.dirpath, state_dict=state)
-            pl_module.tokenizer.save_pretrained(self.dirpath)
-            log.info("exported the policy to %s", self.dirpath)
-            return
-        if hasattr(policy, "merge_and_unload"):
-            policy.save_pretrained(self.dirpath / "adapter")
-            policy = copy.deepcopy(policy).merge_and_unload()
-        policy.save_pretrained(self.dirpath)
-        pl_module.tokenizer.save_pretrained(self.dirpath)
-        log.info("exported the policy to %s", self.dirpath)
+        else:
+            if hasattr(policy, "merge_and_unload"):
+                policy.save_pretrained(self.dirpath / "adapter")
+                policy = copy.deepcopy(policy).merge_and_unload()
+            policy.save_pretrained(self.dirpath)
+        tokenizer.save_pretrained(self.dirpath)
+
+
+@contextlib.contextmanager
+def without_transformers_progress_bars():
+    """transformers' (and huggingface_hub's) progress bars off inside the block, as they were
+    after."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 class LearningCurve(L.Callback):

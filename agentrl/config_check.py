@@ -405,8 +405,11 @@ TARGET_RULES: dict[str, dict[str, Rule]] = {
         # validate every this many RL steps, or at this fraction of the run (Lightning's epoch)
         "val_check_interval": Rule("steps_or_fraction"),
         "enable_progress_bar": FLAG,
+        "enable_model_summary": FLAG,
     },
     "agentrl.callbacks.RLModelCheckpoint": {"save_top_k": Int(-1)},
+    # 0: no summary; -1: every level
+    "agentrl.callbacks.ModelSummary": {"max_depth": Int(-1)},
     "agentrl.callbacks.TrajectoryWriter": {"every_n_steps": COUNT, "num_samples": COUNT},
     "agentrl.evaluation.checkpoints.RLStepCheckpoint": {"every_n_steps": COUNT},
     "agentrl.loggers.ResumableWandbLogger": {"mode": OneOf("online", "offline", "disabled")},

@@ -107,7 +107,9 @@ class AgentRLModule(L.LightningModule):
     # ----------------------------------------------------------------- setup
     def configure_model(self) -> None:
         if self.algorithm.needs_reference and self.reference is None and not self._has_adapter():
-            self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+            # frozen; in eval mode only while it computes (_reference_logprobs), so that
+            # Lightning's check for modules left in eval mode at the start of fit stays meaningful
+            self.reference = copy.deepcopy(self.policy).requires_grad_(False)
         if self._device_mesh is not None and not D.fsdp_modules(self.policy):
             # trainer=fsdp (Lightning's ModelParallelStrategy): FSDP2 shards what trains
             critic = [self.critic.backbone, self.critic.head] if self.critic is not None else []
@@ -117,6 +119,11 @@ class AgentRLModule(L.LightningModule):
         self.engine.bind(self.policy, self.tokenizer)
 
     def on_fit_start(self) -> None:
+        # what trains is in train mode (a pretrained model loads in eval mode); the reference
+        # switches to eval mode where it runs
+        for m in (self.policy, self.critic):
+            if m is not None:
+                m.train()
         # a resumed run restores its weights after configure_model: the engine gets them here
         self.engine.sync(self.policy)
 
@@ -291,7 +298,8 @@ class AgentRLModule(L.LightningModule):
             return None
         chunk = self.update_micro_batch_size
         if self.reference is not None:
-            return model_logprobs_chunked(self.reference, batch, chunk, self.temperature)
+            with eval_mode(self.reference):
+                return model_logprobs_chunked(self.reference, batch, chunk, self.temperature)
         with self.policy.disable_adapter():
             return model_logprobs_chunked(self.policy, batch, chunk, self.temperature)
 
@@ -576,6 +584,17 @@ class AgentRLModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and dm.stream is not None:
             dm.stream.position = self.rl_step
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """``module`` in eval mode (dropout off) inside the block, its previous mode after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def select_scored(scored: dict, idx: torch.Tensor) -> dict:

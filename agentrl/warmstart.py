@@ -12,6 +12,7 @@ of training again.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -54,6 +55,10 @@ class SFTModule(L.LightningModule):
         self.min_lr_ratio = min_lr_ratio
         # the optimizer and scheduler states of a warm start stopped part-way (None: fresh)
         self.resume_state: dict | None = None
+
+    def on_fit_start(self) -> None:
+        # a pretrained model loads in eval mode; what trains is in train mode
+        self.policy.train()
 
     def training_step(self, batch, batch_idx):
         ids, attn, mask = batch
@@ -106,6 +111,20 @@ def warn_long_actions(chat, suite, actions: list[str]) -> int:
             actions[lengths.index(max(over))],
         )
     return len(over)
+
+
+@contextlib.contextmanager
+def without_device_info():
+    """Lightning logs which accelerators are available ("GPU available: ...") for every Trainer
+    it builds; the run's RL trainer, built before the warm start's, has logged the same lines.
+    The warm start's are left out (Lightning's documented way: its logger's level)."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class WarmStart:
@@ -279,7 +298,10 @@ class WarmStart:
         dtype = next(policy.parameters()).dtype
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
-            trainer = L.Trainer(max_steps=self.steps - done, **kwargs)
+            with without_device_info():
+                # the loader holds the remaining steps' batches: one epoch (the progress bar
+                # reads Epoch 0/0)
+                trainer = L.Trainer(max_epochs=1, max_steps=self.steps - done, **kwargs)
             # float32 master weights for the optimisation of a low-precision model
             sft = SFTModule(
                 policy.float(),
