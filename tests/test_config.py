@@ -148,3 +148,16 @@ def test_cli_unknown_group_option_lists_choices():
     proc = _launch("env=nope")
     assert proc.returncode != 0
     assert "Could not find 'env/nope'" in proc.stderr and "toolcalc" in proc.stderr
+
+
+@pytest.mark.parametrize("rollout", options("rollout"))
+def test_every_rollout_engine_takes_the_envs_episode_length(make_cfg, rollout):
+    """An env that needs longer episodes (webnav: env.max_seq_len) gets them from every engine,
+    not only from hf; an env without one gets the rollout default."""
+    cfg = make_cfg("env=webnav", f"rollout={rollout}")
+    assert cfg.env.max_seq_len > 512
+    assert cfg.rollout.max_seq_len == cfg.env.max_seq_len
+    if "max_model_len" in cfg.rollout.engine:
+        assert cfg.rollout.engine.max_model_len == cfg.env.max_seq_len
+    assert "max_seq_len" not in make_cfg("env=toolcalc").env
+    assert make_cfg("env=toolcalc", f"rollout={rollout}").rollout.max_seq_len == 512
