@@ -444,11 +444,12 @@ def apply_adapter(model, adapter_cfg):
     """
     if adapter_cfg is None or not adapter_cfg.get("enabled", False):
         return model
-    from hydra.utils import instantiate
     from peft import get_peft_model
+
+    from agentrl.utils.instantiate import instantiate
 
     if adapter_cfg.get("quantization"):  # adapter=qlora: a 4-bit base (agentrl/models/qlora.py)
         from agentrl.models.qlora import quantize
 
         model = quantize(model, adapter_cfg["quantization"])
-    return get_peft_model(model, instantiate(adapter_cfg["config"]))
+    return get_peft_model(model, instantiate(adapter_cfg["config"], "adapter.config"))
