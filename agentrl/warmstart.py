@@ -25,11 +25,29 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from omegaconf import DictConfig
 
 from agentrl.batching import collate
 from agentrl.rollout.runner import EpisodeRunner
+from agentrl.utils.cache import cache_key
+from agentrl.utils.instantiate import to_container
 
 log = logging.getLogger(__name__)
+
+
+def warmstart_identity(cfg: DictConfig) -> dict:
+    """What a run's warm-start cache key hashes besides the stage's own settings: the model, the
+    env the demonstrations come from and the chat role of observations. An env with a task source
+    suite (env=external) is warm-started on the source alone, so the source stands for it.
+    Training, the reward model's ``init: warmstart`` and the evaluation baseline all look the
+    cache up through this one function."""
+    source = cfg.env.get("tasks")
+    env = source if isinstance(source, DictConfig) and "_target_" in source else cfg.env
+    return {
+        "model": to_container(cfg.model),
+        "env": to_container(env),
+        "role": cfg.rollout.observation_role,
+    }
 
 
 class SFTModule(L.LightningModule):
@@ -158,9 +176,13 @@ class WarmStart:
         return out
 
     def key(self, identity: dict) -> str:
-        """A hash of the settings that shape the warm-started weights."""
-        blob = json.dumps({"warmstart": self._settings(), **identity}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """A hash of the settings that shape the warm-started weights (``identity``: what
+        ``warmstart_identity`` gives for the run)."""
+        return cache_key({"warmstart": self._settings(), **identity})
+
+    def folder(self, identity: dict) -> Path:
+        """Where the result for ``identity`` is cached (``model.pt`` in it once trained)."""
+        return Path(self.cache_dir) / self.key(identity)
 
     def content_key(self, identity: dict, batch) -> str:
         """A hash of what training sees: the demonstrations' tokens and loss masks, the model
@@ -186,7 +208,7 @@ class WarmStart:
         """Train ``policy`` in place (or load the cached result). Returns the cache folder used."""
         if not self.enabled:
             return None
-        folder = Path(self.cache_dir) / self.key(identity)
+        folder = self.folder(identity)
         folder.parent.mkdir(parents=True, exist_ok=True)
         # one process trains, the others (DDP ranks under srun, a sweep's jobs) wait and reuse
         with open(folder.parent / f"{folder.name}.lock", "w") as lock:
