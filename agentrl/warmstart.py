@@ -3,17 +3,18 @@
 Demonstrations are the oracle's actions replayed through the env, so their tokens are laid out
 exactly as rollouts are (the same ChatFormat), and the loss is taken on the action tokens only.
 The result is cached under ``cache_dir/<key>``, the key being a hash of everything that shapes
-it (model, env, warm-start settings), so the next run with the same settings reuses it. Each
-entry also records a hash of what was actually trained on (the demonstrations' tokens, the model,
-the warm-start settings): a run whose config differs only in ways the demonstrations do not see
-(a new env option left at its default, a timeout) finds that twin and copies its weights instead
-of training again.
+it (model, env, episode length, every warm-start setting but ``enabled`` and ``cache_dir``), so
+the next run with the same settings reuses it. Each entry also records a hash of what was
+actually trained on (the demonstrations' tokens, the model, the warm-start settings): a run whose
+config differs only in ways the demonstrations do not see (a new env option left at its default,
+a timeout) finds that twin and copies its weights instead of training again.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -37,16 +38,18 @@ log = logging.getLogger(__name__)
 
 def warmstart_identity(cfg: DictConfig) -> dict:
     """What a run's warm-start cache key hashes besides the stage's own settings: the model, the
-    env the demonstrations come from and the chat role of observations. An env with a task source
-    suite (env=external) is warm-started on the source alone, so the source stands for it.
-    Training, the reward model's ``init: warmstart`` and the evaluation baseline all look the
-    cache up through this one function."""
+    env the demonstrations come from, the chat role of observations and the episode length. An
+    env with a task source suite (env=external) is warm-started on the source alone, so the
+    source stands for it. Training, the reward model's ``init: warmstart`` and the evaluation
+    baseline all look the cache up through this one function."""
     source = cfg.env.get("tasks")
     env = source if isinstance(source, DictConfig) and "_target_" in source else cfg.env
     return {
         "model": to_container(cfg.model),
         "env": to_container(env),
         "role": cfg.rollout.observation_role,
+        # demonstrations are cut where an episode would outgrow it, as rollouts are
+        "max_seq_len": cfg.rollout.max_seq_len,
     }
 
 
@@ -168,11 +171,14 @@ class WarmStart:
         self.seed = seed
         self.precision = precision
 
+    # the constructor's settings that do not change the trained weights; every other one is in
+    # the cache key (a new setting is in it unless it is named here)
+    NOT_IN_KEY = ("enabled", "cache_dir")
+
     def _settings(self) -> dict:
-        names = ("steps", "batch_size", "lr", "weight_decay", "num_demos", "seed")
-        out = {k: getattr(self, k) for k in names}
-        if self.precision is not None:  # keys of runs that never set it stay as they were
-            out["precision"] = self.precision
+        names = inspect.signature(WarmStart.__init__).parameters
+        out = {k: getattr(self, k) for k in names if k not in ("self", *self.NOT_IN_KEY)}
+        out["precision"] = self.precision or "32-true"  # null is Lightning's default, 32-true
         return out
 
     def key(self, identity: dict) -> str:
