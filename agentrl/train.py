@@ -145,15 +145,8 @@ def warm_start(cfg: DictConfig, parts: dict, policy, tokenizer) -> None:
 
     chat = ChatFormat(tokenizer, cfg.rollout.observation_role)
     runner = EpisodeRunner(parts["engine"], chat, parts["suite"], cfg.rollout.max_seq_len)
-    # an env with a task source suite (env=external) is warm-started on the source alone
-    source = cfg.env.get("tasks")
-    identity = {
-        "model": to_container(cfg.model),
-        "env": to_container(
-            source if isinstance(source, DictConfig) and "_target_" in source else cfg.env
-        ),
-        "role": cfg.rollout.observation_role,
-    }
+    from agentrl.warmstart import warmstart_identity
+
     kwargs = {
         "accelerator": cfg.trainer.accelerator,
         "devices": 1,
@@ -167,6 +160,7 @@ def warm_start(cfg: DictConfig, parts: dict, policy, tokenizer) -> None:
         if cfg.get("callbacks", {}).get("rich_progress")
         else [],
     }
+    identity = warmstart_identity(cfg)
     parts["warmstart"].run(policy, tokenizer, runner, parts["suite"], identity, kwargs)
 
 

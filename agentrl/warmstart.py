@@ -3,11 +3,11 @@
 Demonstrations are the oracle's actions replayed through the env, so their tokens are laid out
 exactly as rollouts are (the same ChatFormat), and the loss is taken on the action tokens only.
 The result is cached under ``cache_dir/<key>``, the key being a hash of everything that shapes
-it (model, env, warm-start settings), so the next run with the same settings reuses it. Each
-entry also records a hash of what was actually trained on (the demonstrations' tokens, the model,
-the warm-start settings): a run whose config differs only in ways the demonstrations do not see
-(a new env option left at its default, a timeout) finds that twin and copies its weights instead
-of training again.
+it (model, env, episode length, every warm-start setting but ``enabled`` and ``cache_dir``), so
+the next run with the same settings reuses it. Each entry also records a hash of what was
+actually trained on (the demonstrations' tokens, the model, the warm-start settings): a run whose
+config differs only in ways the demonstrations do not see (a new env option left at its default,
+a timeout) finds that twin and copies its weights instead of training again.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -26,12 +27,32 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from omegaconf import DictConfig
 
 from agentrl import stopping
 from agentrl.batching import collate
 from agentrl.rollout.runner import EpisodeRunner
+from agentrl.utils.cache import cache_key
+from agentrl.utils.instantiate import to_container
 
 log = logging.getLogger(__name__)
+
+
+def warmstart_identity(cfg: DictConfig) -> dict:
+    """What a run's warm-start cache key hashes besides the stage's own settings: the model, the
+    env the demonstrations come from, the chat role of observations and the episode length. An
+    env with a task source suite (env=external) is warm-started on the source alone, so the
+    source stands for it. Training, the reward model's ``init: warmstart`` and the evaluation
+    baseline all look the cache up through this one function."""
+    source = cfg.env.get("tasks")
+    env = source if isinstance(source, DictConfig) and "_target_" in source else cfg.env
+    return {
+        "model": to_container(cfg.model),
+        "env": to_container(env),
+        "role": cfg.rollout.observation_role,
+        # demonstrations are cut where an episode would outgrow it, as rollouts are
+        "max_seq_len": cfg.rollout.max_seq_len,
+    }
 
 
 class SFTModule(L.LightningModule):
@@ -138,9 +159,9 @@ class WarmStart:
     def __init__(
         self,
         enabled: bool = True,
-        steps: int = 300,
+        steps: int = 800,
         batch_size: int = 32,
-        lr: float = 1e-3,
+        lr: float = 3e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 30,
         min_lr_ratio: float = 0.1,
@@ -175,17 +196,24 @@ class WarmStart:
         self.seed = seed
         self.precision = precision
 
+    # the constructor's settings that do not change the trained weights; every other one is in
+    # the cache key (a new setting is in it unless it is named here)
+    NOT_IN_KEY = ("enabled", "cache_dir")
+
     def _settings(self) -> dict:
-        names = ("steps", "batch_size", "lr", "weight_decay", "num_demos", "seed")
-        out = {k: getattr(self, k) for k in names}
-        if self.precision is not None:  # keys of runs that never set it stay as they were
-            out["precision"] = self.precision
+        names = inspect.signature(WarmStart.__init__).parameters
+        out = {k: getattr(self, k) for k in names if k not in ("self", *self.NOT_IN_KEY)}
+        out["precision"] = self.precision or "32-true"  # null is Lightning's default, 32-true
         return out
 
     def key(self, identity: dict) -> str:
-        """A hash of the settings that shape the warm-started weights."""
-        blob = json.dumps({"warmstart": self._settings(), **identity}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """A hash of the settings that shape the warm-started weights (``identity``: what
+        ``warmstart_identity`` gives for the run)."""
+        return cache_key({"warmstart": self._settings(), **identity})
+
+    def folder(self, identity: dict) -> Path:
+        """Where the result for ``identity`` is cached (``model.pt`` in it once trained)."""
+        return Path(self.cache_dir) / self.key(identity)
 
     def content_key(self, identity: dict, batch) -> str:
         """A hash of what training sees: the demonstrations' tokens and loss masks, the model
@@ -211,7 +239,7 @@ class WarmStart:
         """Train ``policy`` in place (or load the cached result). Returns the cache folder used."""
         if not self.enabled:
             return None
-        folder = Path(self.cache_dir) / self.key(identity)
+        folder = self.folder(identity)
         folder.parent.mkdir(parents=True, exist_ok=True)
         # one process trains, the others (DDP ranks under srun, a sweep's jobs) wait and reuse
         with open(folder.parent / f"{folder.name}.lock", "w") as lock:

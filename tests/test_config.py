@@ -72,11 +72,45 @@ def test_every_option_composes_and_instantiates(make_cfg, group, option, monkeyp
                 spec.check()
 
 
-def test_experiments_and_debug_options_compose(make_cfg):
-    for exp in options("experiment"):
-        make_cfg(f"experiment={exp}")
-    for dbg in options("debug"):
-        make_cfg(f"debug={dbg}")
+def _leaves(node, prefix: str = "") -> dict:
+    """{dotted path: value} of every leaf of a plain container (interpolations unresolved)."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out if out or not prefix else {prefix: {}}
+    return {prefix: node}
+
+
+@pytest.mark.parametrize(
+    ("group", "name"), [(g, n) for g in ("experiment", "debug") for n in options(g)]
+)
+def test_experiments_and_debug_options_compose(make_cfg, group, name):
+    """Each experiment and debug option composes into the run it describes: the groups its
+    defaults list overrides are the ones selected, and every value it sets is the composed
+    config's value at that path (nothing later in the defaults list undoes it)."""
+    raw = OmegaConf.load(CONF / group / f"{name}.yaml")
+    cfg = make_cfg(f"{group}={name}")
+    for entry in raw.get("defaults", []):
+        if isinstance(entry, str):
+            continue  # _self_, or another option of the group it builds on (tested on its own)
+        for key, option in entry.items():
+            chosen = key.removeprefix("override /")
+            picked = OmegaConf.to_container(OmegaConf.load(CONF / chosen / f"{option}.yaml"))
+            picked.pop("defaults", None)  # an option built on another (trainer=ddp_gpu on ddp)
+            if "_target_" in picked:
+                assert cfg[chosen]._target_ == picked["_target_"], f"{key}: {option}"
+            else:  # a group without a target (adapter): its values, where the option keeps them
+                mine = _leaves(OmegaConf.to_container(cfg[chosen]))
+                for path in _leaves(picked):
+                    assert path in mine, f"{key}: {option}: {path}"
+    body = {k: v for k, v in OmegaConf.to_container(raw).items() if k not in ("defaults", "hydra")}
+    assert body or raw.get("defaults"), f"{group}={name} sets nothing"
+    composed = _leaves(OmegaConf.to_container(cfg))
+    for path, value in _leaves(body).items():
+        if path.startswith("paths.") or path in ("trainer.enable_progress_bar",):
+            continue  # the test fixture points these at its temporary folders
+        assert path in composed and composed[path] == value, f"{group}={name}: {path}"
 
 
 @pytest.mark.parametrize(
@@ -148,3 +182,16 @@ def test_cli_unknown_group_option_lists_choices():
     proc = _launch("env=nope")
     assert proc.returncode != 0
     assert "Could not find 'env/nope'" in proc.stderr and "toolcalc" in proc.stderr
+
+
+@pytest.mark.parametrize("rollout", options("rollout"))
+def test_every_rollout_engine_takes_the_envs_episode_length(make_cfg, rollout):
+    """An env that needs longer episodes (webnav: env.max_seq_len) gets them from every engine,
+    not only from hf; an env without one gets the rollout default."""
+    cfg = make_cfg("env=webnav", f"rollout={rollout}")
+    assert cfg.env.max_seq_len > 512
+    assert cfg.rollout.max_seq_len == cfg.env.max_seq_len
+    if "max_model_len" in cfg.rollout.engine:
+        assert cfg.rollout.engine.max_model_len == cfg.env.max_seq_len
+    assert "max_seq_len" not in make_cfg("env=toolcalc").env
+    assert make_cfg("env=toolcalc", f"rollout={rollout}").rollout.max_seq_len == 512

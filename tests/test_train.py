@@ -67,19 +67,70 @@ def test_smoke_run_writes_everything(make_cfg, tmp_path):
     assert rows_with(rows, "val/success_rate") and rows_with(rows, "perf/rollout_s")
 
 
+class LengthReward:
+    """Generated tokens / 100: it differs between the episodes of a group whatever the model
+    does, so an RL step of an untrained model has non-zero advantages and updates something."""
+
+    name = "length"
+
+    def __call__(self, task, trajectory) -> float:
+        return sum(trajectory.loss_mask) / 100
+
+
+LENGTH_REWARD = {"_target_": "tests.test_train.LengthReward"}
+
+
+def policy_weights(run_dir) -> dict[str, torch.Tensor]:
+    """The policy's weights in the run's last checkpoint, by their name in the policy."""
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    return {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
-def test_each_model_family_takes_a_training_step(make_cfg, family):
+def test_each_model_family_takes_a_training_step(make_cfg, family, monkeypatch, tmp_path):
+    """Every family's RL steps move its parameters, and leave them finite."""
+    from agentrl.utils.instantiate import instantiate
+
+    monkeypatch.setenv("AGENTRL_EXTRA_TARGETS", "tests.")
     cfg = make_cfg("debug=smoke", "warmstart.enabled=false", "callbacks.export=null")
     with open_dict(cfg):
         cfg.model = {"_target_": "agentrl.models.factory.TinyRandomFamily", "family": family}
+        cfg.reward = LENGTH_REWARD
+    before = instantiate(cfg.model).load()[0].state_dict()  # seeded: the run's starting weights
     run(cfg)
+    after = policy_weights(tmp_path / "run")
+    assert after.keys() == before.keys()
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert moved, f"{family}: no parameter changed in the RL steps"
 
 
 @pytest.mark.slow
-def test_lora_run_keeps_base_frozen(make_cfg):
-    cfg = make_cfg("debug=smoke", "adapter=lora", "algorithm.kl_coef=0.1")
+def test_lora_run_keeps_base_frozen(make_cfg, monkeypatch, tmp_path):
+    """adapter=lora: the base weights end bitwise where the warm start left them, and the LoRA
+    weights moved (lora_B starts at zero)."""
+    from agentrl.utils.instantiate import instantiate
+    from agentrl.warmstart import warmstart_identity
+
+    monkeypatch.setenv("AGENTRL_EXTRA_TARGETS", "tests.")
+    cfg = make_cfg("debug=smoke", "adapter=lora", "algorithm.kl_coef=0.1", "callbacks.export=null")
+    with open_dict(cfg):
+        cfg.reward = LENGTH_REWARD
     run(cfg)
+    warm = instantiate(cfg.warmstart).folder(warmstart_identity(cfg)) / "model.pt"
+    start = torch.load(warm, weights_only=True)
+    after = policy_weights(tmp_path / "run")
+    base = {
+        k.removeprefix("base_model.model.").replace(".base_layer.", "."): v
+        for k, v in after.items()
+        if "lora_" not in k
+    }
+    assert base.keys() == start.keys()
+    for k, v in start.items():
+        assert torch.equal(base[k], v), f"base weight {k} changed"
+    lora_b = [v for k, v in after.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b), "the adapter did not train"
 
 
 @pytest.mark.slow

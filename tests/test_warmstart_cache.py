@@ -3,13 +3,16 @@ do not see reuses the weights instead of training again)."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
+from omegaconf import OmegaConf
 
 from agentrl.batching import collate
 from agentrl.models.factory import TinyModel
-from agentrl.warmstart import WarmStart
+from agentrl.warmstart import WarmStart, warmstart_identity
+from tests.conftest import CONF
 
 MODEL = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1}
 TRAINER = {
@@ -142,3 +145,43 @@ def test_demonstrated_actions_longer_than_a_turn_are_warned_about(caplog):
         assert warn_long_actions(chat, suite, actions) == 0  # the default, 32, fits them
         suite.max_action_tokens = 24  # the old setting cut them off
         assert warn_long_actions(chat, suite, actions) > 0
+
+
+def _yaml_settings() -> dict:
+    """conf/train.yaml's warm-start settings (its interpolations given plain values)."""
+    node = OmegaConf.to_container(OmegaConf.load(CONF / "train.yaml").warmstart, resolve=False)
+    del node["_target_"]
+    return {**node, "cache_dir": "unused", "seed": 0}
+
+
+def _other(value):
+    """A different value of the same kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    return "bf16-mixed" if value in (None, "32-true") else None
+
+
+def test_every_setting_that_shapes_the_weights_is_in_the_key(make_cfg):
+    """Changing any warm-start setting but ``enabled``/``cache_dir`` gives another cache entry
+    (a stale one is never reused); null and 32-true precision train alike and share one."""
+    settings = _yaml_settings()
+    identity = {"model": MODEL, "env": {"a": 1}, "role": "user", "max_seq_len": 512}
+    key = WarmStart(**settings).key(identity)
+    params = [p for p in inspect.signature(WarmStart).parameters if p in settings]
+    assert set(params) == set(settings), "the YAML and the constructor name other settings"
+    for name in params:
+        other = WarmStart(**{**settings, name: _other(settings[name])}).key(identity)
+        if name in WarmStart.NOT_IN_KEY:
+            assert other == key, name
+        else:
+            assert other != key, f"warmstart.{name} is left out of the cache key"
+    for precision in (None, "32-true"):
+        assert WarmStart(**{**settings, "precision": precision}).key(identity) == key
+    # the run's settings outside warmstart that shape the demonstrations
+    cfg = make_cfg()
+    base = warmstart_identity(cfg)
+    for override in ("rollout.max_seq_len=300", "rollout.observation_role=tool", "env.seed=5"):
+        assert warmstart_identity(make_cfg(override)) != base, override
+    assert warmstart_identity(make_cfg("warmstart.cache_dir=/x", "trainer.max_epochs=3")) == base

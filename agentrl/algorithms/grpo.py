@@ -37,7 +37,7 @@ class GRPO:
     clip_low: float = 0.2
     clip_high: float = 0.2
     scale_rewards: bool = True
-    kl_coef: float = 0.0
+    kl_coef: float = 0.05
     kl_estimator: str = "k3"
     kl_mode: str = "loss"
     kl_target: float | None = None
@@ -47,7 +47,7 @@ class GRPO:
     dynamic_sampling: bool = False
     tis_cap: float | None = None
     epochs: int = 1
-    minibatches: int = 1
+    minibatches: int = 2
     max_grad_norm: float = 1.0
     credit: str = "trajectory"
     turn_gamma: float = 1.0

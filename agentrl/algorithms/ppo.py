@@ -84,7 +84,7 @@ class PPO:
     the value head (``agentrl.value``) because ``needs_values`` is True, computes old values in
     the score phase, and calls ``gae_advantages`` instead of ``advantages``."""
 
-    group_size: int = 1
+    group_size: int = 8
     value_head: str = "shared"
     gamma: float = 1.0
     lam: float = 0.95

@@ -30,7 +30,7 @@ class RLOO:
     dynamic_sampling: bool = False
     tis_cap: float | None = None
     epochs: int = 1
-    minibatches: int = 1
+    minibatches: int = 2
     max_grad_norm: float = 1.0
     credit: str = "trajectory"
     turn_gamma: float = 1.0

@@ -178,14 +178,14 @@ class ToolCalc:
         num_train: int = 5000,
         num_val: int = 200,
         num_test: int = 200,
-        max_ops: int = 3,
+        max_ops: int = 2,
         max_operand: int = 20,
         max_value: int = 999,
         max_turns: int = 6,
         max_action_tokens: int = 24,
-        mistake_prob: float = 0.0,
-        guess_prob: float = 0.0,
-        left_to_right: bool = False,
+        mistake_prob: float = 0.05,
+        guess_prob: float = 0.75,
+        left_to_right: bool = True,
         system_prompt: str | None = None,
     ):
         _check_args(locals())

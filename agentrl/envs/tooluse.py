@@ -257,7 +257,7 @@ class ToolUse:
         families: tuple[str, ...] | list[str] = FAMILIES,
         max_quantity: int = 9,
         max_turns: int = 8,
-        max_action_tokens: int = 64,
+        max_action_tokens: int = 80,
         latency_s: float = 0.0,
         error_rate: float = 0.1,
         timeout_rate: float = 0.02,

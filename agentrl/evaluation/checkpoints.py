@@ -23,7 +23,7 @@ class RLStepCheckpoint(L.Callback):
     ``trainer.val_check_interval`` RL steps); weights_only: leave out the optimizer and loop
     states (enough for evaluation, a fraction of the size; resuming uses last.ckpt)."""
 
-    def __init__(self, dirpath: str, every_n_steps: int = 1, weights_only: bool = True):
+    def __init__(self, dirpath: str, every_n_steps: int = 40, weights_only: bool = True):
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.dirpath = Path(dirpath)

@@ -18,19 +18,10 @@ from omegaconf import DictConfig
 
 from agentrl.evaluation.sources import Candidate, EvalError, policy_state, read_checkpoint
 from agentrl.models.factory import ModelLoadError, PretrainedModel, apply_adapter
-from agentrl.utils.instantiate import ConfigError, instantiate, to_container
+from agentrl.utils.instantiate import ConfigError, instantiate
+from agentrl.warmstart import warmstart_identity
 
 log = logging.getLogger(__name__)
-
-
-def warmstart_identity(run_cfg: DictConfig) -> dict:
-    """What the warm-start cache key hashes besides its own settings; the same dict as
-    ``agentrl.train.warm_start`` builds (keep the two in step)."""
-    return {
-        "model": to_container(run_cfg.model),
-        "env": to_container(run_cfg.env),
-        "role": run_cfg.rollout.observation_role,
-    }
 
 
 def warmstart_weights(run_cfg: DictConfig) -> tuple[Path | None, str]:
@@ -39,8 +30,7 @@ def warmstart_weights(run_cfg: DictConfig) -> tuple[Path | None, str]:
     ws = instantiate(node, "warmstart") if node is not None else None
     if ws is None or not ws.enabled:
         return None, "the run's model spec (the run had no warm start)"
-    key = ws.key(warmstart_identity(run_cfg))
-    weights = Path(ws.cache_dir) / key / "model.pt"
+    weights = ws.folder(warmstart_identity(run_cfg)) / "model.pt"
     if weights.is_file():
         return weights, f"the run's warm start (cached at {weights.parent})"
     return None, (

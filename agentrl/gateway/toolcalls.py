@@ -51,7 +51,9 @@ class TagFormat:
     result_template: how a tool result's text is framed (``{content}`` is replaced).
     """
 
-    def __init__(self, tool_role: str = "tool", result_template: str = "{content}"):
+    def __init__(
+        self, tool_role: str = "tool", result_template: str = "<result>{content}</result>"
+    ):
         if "{content}" not in result_template:
             raise ValueError(f"result_template must contain {{content}}, got {result_template!r}")
         self.tool_role = tool_role

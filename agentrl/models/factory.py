@@ -79,11 +79,11 @@ class TinyModel:
     def __init__(
         self,
         arch: str = "qwen2",
-        hidden_size: int = 256,
+        hidden_size: int = 128,
         num_layers: int = 4,
-        num_heads: int = 8,
+        num_heads: int = 4,
         num_kv_heads: int = 2,
-        intermediate_size: int = 640,
+        intermediate_size: int = 512,
         max_position_embeddings: int = 1024,
         seed: int = 0,
         tie_word_embeddings: bool = True,
@@ -444,11 +444,12 @@ def apply_adapter(model, adapter_cfg):
     """
     if adapter_cfg is None or not adapter_cfg.get("enabled", False):
         return model
-    from hydra.utils import instantiate
     from peft import get_peft_model
+
+    from agentrl.utils.instantiate import instantiate
 
     if adapter_cfg.get("quantization"):  # adapter=qlora: a 4-bit base (agentrl/models/qlora.py)
         from agentrl.models.qlora import quantize
 
         model = quantize(model, adapter_cfg["quantization"])
-    return get_peft_model(model, instantiate(adapter_cfg["config"]))
+    return get_peft_model(model, instantiate(adapter_cfg["config"], "adapter.config"))

@@ -19,7 +19,6 @@ learned reward up while these fall.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -33,7 +32,9 @@ from torch.nn import functional as F
 from agentrl.rewards.base import RewardOutput
 from agentrl.rollout.chat import ChatFormat
 from agentrl.types import Task, Trajectory, Turn
+from agentrl.utils.cache import cache_key
 from agentrl.utils.instantiate import instantiate
+from agentrl.warmstart import warmstart_identity
 
 log = logging.getLogger(__name__)
 
@@ -232,11 +233,6 @@ class RewardModelModule(L.LightningModule):
 # ------------------------------------------------------------------------------ the reward
 
 
-def config_key(identity: dict) -> str:
-    blob = json.dumps(identity, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def spec_identity(obj):
     """A JSON-able description of settings (objects by their class and attributes), for cache
     keys: the same settings give the same description in every process."""
@@ -306,7 +302,9 @@ class LearnedReward:
             "env": to_container(cfg.env),
         }
         if self.init == "warmstart":
-            out["warmstart"] = to_container(cfg.warmstart)
+            # the warm start's own cache key: what the backbone starts from (null: none)
+            ws = instantiate(cfg.warmstart, "warmstart")
+            out["warmstart"] = ws.key(warmstart_identity(cfg)) if ws.enabled else None
         return out
 
     def build(self, cfg=None, suite=None) -> RewardModel:
@@ -338,7 +336,7 @@ class LearnedReward:
             self.load(self.checkpoint)
             log.info("reward model: loaded %s", self.checkpoint)
         else:
-            folder = Path(self.cache_dir) / config_key(self.identity(cfg))
+            folder = Path(self.cache_dir) / cache_key(self.identity(cfg))
             if (folder / "model.pt").is_file():
                 self.build()
                 self.load(folder)

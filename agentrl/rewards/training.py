@@ -37,6 +37,7 @@ from agentrl.rewards.base import score_batch
 from agentrl.rewards.learned import LearnedReward, RewardModelModule, pairwise_accuracy
 from agentrl.rollout.chat import ChatFormat
 from agentrl.rollout.runner import EpisodeRunner
+from agentrl.utils.cache import cache_key
 from agentrl.utils.instantiate import ConfigError, instantiate
 
 log = logging.getLogger(__name__)
@@ -322,8 +323,6 @@ def _trainer_kwargs(cfg, s: dict, log_dir, validate: bool) -> dict:
 def train_reward_model(cfg: DictConfig) -> dict[str, float]:
     """``python launch.py mode=reward_model``: train the configured reward model, save it in the
     run directory and in the cache (where ``reward=learned`` finds it)."""
-    from agentrl.rewards.learned import config_key
-
     L.seed_everything(cfg.seed, workers=True)
     reward = instantiate(cfg.reward, "reward")
     if not isinstance(reward, LearnedReward):
@@ -335,7 +334,7 @@ def train_reward_model(cfg: DictConfig) -> dict[str, float]:
         info = train(reward, cfg, suite, reward.training, out, out_dir=out)
     finally:
         close_suite(suite)
-    cached = Path(reward.cache_dir) / config_key(reward.identity(cfg))
+    cached = Path(reward.cache_dir) / cache_key(reward.identity(cfg))
     reward.save(cached, info)
     print(
         f"reward model: held-out pairwise accuracy {_fmt(info['val_accuracy'])}, correlation "

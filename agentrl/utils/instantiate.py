@@ -8,6 +8,7 @@ prefixes) allows.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import hydra
@@ -37,7 +38,7 @@ def _allowed() -> tuple[str, ...]:
 
 
 def _check_targets(node: Any, path: str) -> None:
-    if isinstance(node, DictConfig):
+    if isinstance(node, (DictConfig, Mapping)):
         target = node.get("_target_") if "_target_" in node else None
         if target is not None and not str(target).startswith(_allowed()):
             raise ConfigError(
@@ -45,8 +46,10 @@ def _check_targets(node: Any, path: str) -> None:
                 f"prefixes: {', '.join(_allowed())}; extend with AGENTRL_EXTRA_TARGETS)"
             )
         for key in node:
-            _check_targets(node._get_node(key), f"{path}.{key}" if path else str(key))
-    elif isinstance(node, ListConfig):
+            # a DictConfig's raw node: an interpolation is not resolved to be checked
+            child = node._get_node(key) if isinstance(node, DictConfig) else node[key]
+            _check_targets(child, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, (ListConfig, list, tuple)):
         for i, item in enumerate(node):
             _check_targets(item, f"{path}[{i}]")
 
@@ -56,7 +59,7 @@ def check_targets(cfg: DictConfig, path: str = "") -> None:
     _check_targets(cfg, path)
 
 
-def instantiate(cfg: DictConfig | None, path: str = "", **kwargs: Any) -> Any:
+def instantiate(cfg: DictConfig | Mapping | None, path: str = "", **kwargs: Any) -> Any:
     """hydra.utils.instantiate with the allow-list; the underlying ValueError/TypeError of a
     constructor surfaces as a ConfigError naming the config node."""
     if cfg is None:

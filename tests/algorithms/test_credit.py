@@ -1,5 +1,7 @@
 """Credit assignment (trajectory / turn / transition) on constructed two-turn episodes."""
 
+import math
+
 import pytest
 import torch
 
@@ -142,19 +144,35 @@ def test_bad_credit_settings_fail_early():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("credit", ["turn", "transition"])
-def test_credit_smoke_run(make_cfg, tmp_path, credit):
+def test_credit_smoke_run(make_cfg, tmp_path, credit, monkeypatch):
+    """A run under turn/transition credit updates with token-level advantages ([N, T-1], one
+    per loss-mask column, finite and not all zero) and logs a finite policy loss."""
     import csv
+
+    from omegaconf import open_dict
 
     from agentrl.train import run
 
-    # a step penalty gives non-zero rewards without a solved task, so the update path runs
-    cfg = make_cfg(
-        "debug=smoke",
-        f"algorithm.credit={credit}",
-        "reward.step_penalty=0.1",
-        "callbacks.export=null",
-    )
+    monkeypatch.setenv("AGENTRL_EXTRA_TARGETS", "tests.")
+    seen = []
+    real = GRPO.token_advantages
+
+    def spy(self, trajs, rewards, groups, width):
+        adv = real(self, trajs, rewards, groups, width)
+        seen.append((adv, width))
+        return adv
+
+    monkeypatch.setattr(GRPO, "token_advantages", spy)
+    cfg = make_cfg("debug=smoke", f"algorithm.credit={credit}", "callbacks.export=null")
+    with open_dict(cfg):
+        # differs between episodes whatever the model, so the advantages are not all zero
+        cfg.reward = {"_target_": "tests.test_train.LengthReward"}
     run(cfg)
+    assert seen, "no advantages were computed"
+    for adv, width in seen:
+        assert adv.dim() == 2 and adv.shape[1] == width
+        assert torch.isfinite(adv).all()
+    assert any(adv.abs().sum() > 0 for adv, _ in seen)
     with open(tmp_path / "run" / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert any(r.get("rollout/reward_mean") for r in rows)
+        losses = [float(r["loss/policy"]) for r in csv.DictReader(f) if r.get("loss/policy")]
+    assert losses and all(math.isfinite(x) for x in losses)

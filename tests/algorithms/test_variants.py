@@ -141,7 +141,7 @@ def test_every_algorithm_has_the_same_interface():
     rewards = torch.tensor([1.0, 0.0, 0.5, 0.5])
     groups = torch.tensor([0, 0, 1, 1])
     logp, mask = torch.full((4, 3), math.log(0.5)), torch.ones(4, 3)
-    for algo in (GRPO(group_size=2), RLOO(group_size=2), ReinforcePP(group_size=2)):
+    for algo in (GRPO(group_size=2, kl_coef=0.0), RLOO(group_size=2), ReinforcePP(group_size=2)):
         adv = algo.advantages(rewards, groups)
         loss, stats = algo.loss(logp, logp, None, adv, mask)
         assert adv.shape == (4,) and loss.dim() == 0 and "policy" in stats
@@ -158,7 +158,7 @@ def test_every_algorithm_has_the_same_interface():
         (GRPO, {"loss_type": "dr_grpo", "max_completion_length": 8}, "scale_rewards=false"),
         (GRPO, {"loss_type": "dapo", "aggregation": "seq_mean_token_mean"}, "aggregates by"),
         (GRPO, {"kl_mode": "advantage"}, "kl_mode must be one of"),
-        (GRPO, {"kl_target": 6.0}, "starting kl_coef > 0"),
+        (GRPO, {"kl_target": 6.0, "kl_coef": 0.0}, "starting kl_coef > 0"),
         (GRPO, {"tis_cap": 0.0}, "tis_cap must be > 0"),
         (RLOO, {"group_size": 1}, "group_size must be >= 2 for RLOO"),
         (ReinforcePP, {"group_size": 0}, "group_size must be >= 1"),

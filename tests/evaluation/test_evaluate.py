@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
 from agentrl.evaluation import evaluate
 from agentrl.evaluation.cli import main
-from agentrl.evaluation.policies import warmstart_identity
+from agentrl.evaluation.policies import warmstart_weights
 from agentrl.evaluation.sources import load_run_config
 from agentrl.models.factory import prepare_tokenizer
 from agentrl.models.tokenizer import load_tiny_tokenizer
@@ -154,20 +156,27 @@ def test_exported_model_dir_with_its_run_baseline(fake_run, eval_cfg, tmp_path):
     assert [t.token_ids for t in ev.trajectories[("export", "toolcalc")]] == same
 
 
-def test_warm_start_key_matches_training(make_cfg):
-    """The baseline finds the warm start training cached only if both hash the same identity."""
+@pytest.mark.parametrize("env", ["toolcalc", "external", "webnav"])
+def test_baseline_finds_the_warm_start_training_cached(make_cfg, monkeypatch, env):
+    """The evaluation baseline looks up the very cache entry training wrote, for every kind of
+    env: env=external is warm-started on its task source, and the baseline must know that."""
     from agentrl.train import warm_start
+    from agentrl.warmstart import WarmStart
 
-    cfg = make_cfg("debug=smoke", "warmstart.steps=1", "warmstart.num_demos=2")
-    seen = {}
+    cfg = make_cfg("debug=smoke", f"env={env}", "warmstart.steps=1", "warmstart.num_demos=2")
 
-    class Spy:
-        def run(self, policy, tokenizer, runner, suite, identity, kwargs):
-            seen["identity"] = identity
+    def fake_training(self, policy, tokenizer, runner, suite, folder, identity, kwargs):
+        folder.mkdir(parents=True)
+        torch.save({}, folder / "model.pt")
+        return folder
 
+    monkeypatch.setattr(WarmStart, "_run", fake_training)
     tokenizer = prepare_tokenizer(load_tiny_tokenizer())
-    warm_start(cfg, {"warmstart": Spy(), "engine": None, "suite": None}, None, tokenizer)
-    assert seen["identity"] == warmstart_identity(cfg)
+    parts = {"warmstart": instantiate(cfg.warmstart), "engine": None, "suite": None}
+    warm_start(cfg, parts, None, tokenizer)
+    (written,) = [p for p in (Path(cfg.warmstart.cache_dir)).glob("*/model.pt")]
+    weights, source = warmstart_weights(cfg)
+    assert weights == written, source
 
 
 def test_tasks_from_the_runs_training_split_are_flagged(fake_run, eval_cfg, tmp_path):

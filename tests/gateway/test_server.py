@@ -13,6 +13,7 @@ import openai
 import pytest
 import torch
 
+from agentrl.gateway.handler import is_loopback
 from agentrl.gateway.server import Gateway
 from agentrl.gateway.toolcalls import HermesFormat, TagFormat
 from agentrl.types import Task
@@ -108,12 +109,39 @@ def test_missing_or_wrong_token_is_401_and_never_logged(scripted, caplog):
     assert gw.token not in caplog.text
 
 
+def _seen_from(gw: Gateway, address: str) -> None:
+    """Every connection the gateway accepts from now on looks as if it came from ``address``
+    (the real socket, another peer address: what a request from another machine looks like)."""
+    real = gw._server.get_request
+    gw._server.get_request = lambda: (real()[0], (address, 40000))
+
+
+def test_is_loopback():
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "10.1.2.3", "203.0.113.7", "::", "example.com", ""):
+        assert not is_loopback(host), host
+
+
 def test_non_local_binding_refused_by_default(tokenizer):
     with pytest.raises(ValueError, match="not a loopback address"):
         Gateway(ScriptedEngine(tokenizer, ["x"]), tokenizer, host="0.0.0.0")
-    # allowed only on purpose
-    gw = Gateway(ScriptedEngine(tokenizer, ["x"]), tokenizer, host="0.0.0.0", allow_remote=True)
-    assert gw.allow_remote
+
+
+def test_a_non_local_peer_gets_403_unless_remote_is_allowed(scripted):
+    """The peer is checked before anything else: a non-loopback peer is refused even with the
+    right token, counted as forbidden, and nothing is generated; ``allow_remote`` (with a
+    non-loopback bind address, allowed only on purpose) serves it."""
+    engine, gw = scripted(["<answer>5</answer>"])
+    _seen_from(gw, "203.0.113.7")
+    with pytest.raises(openai.PermissionDeniedError, match="only local connections"):
+        ask(client_for(gw))
+    assert gw.counters["forbidden"] == 1 and gw.counters["requests"] == 0
+    assert engine.prompts == []
+    engine, gw = scripted(["<answer>5</answer>"], host="0.0.0.0", allow_remote=True)
+    _seen_from(gw, "203.0.113.7")
+    assert ask(client_for(gw)).choices[0].message.content == "<answer>5</answer>"
+    assert gw.counters["forbidden"] == 0 and len(engine.prompts) == 1
 
 
 def test_rollout_attribution_by_path_and_header_and_unknown_rollout(scripted):

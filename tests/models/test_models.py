@@ -27,6 +27,7 @@ from agentrl.models.tokenizer import (
     load_tiny_tokenizer,
     train_tiny_tokenizer,
 )
+from agentrl.utils.instantiate import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 MODEL_YAMLS = sorted((CONF / "model").glob("*.yaml"))
@@ -263,6 +264,21 @@ def test_lora_adapter():
             disabled = peft_model(**batch).logits
     assert not torch.allclose(adapted, base_logits)
     assert torch.equal(disabled, base_logits)
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_adapter_target_outside_the_allow_list_is_refused(as_dict):
+    """The adapter's config is built through the allow-listed helper like every other node (a
+    plain mapping as well as a DictConfig), so a foreign _target_ is refused before import."""
+    model, _ = tiny_random_model("llama")
+    cfg = _adapter_cfg("lora")
+    cfg.config._target_ = "os.system"
+    if as_dict:
+        cfg = OmegaConf.to_container(cfg)
+    with pytest.raises(
+        ConfigError, match=r"adapter\.config\._target_='os\.system' is not an allowed"
+    ):
+        apply_adapter(model, cfg)
 
 
 # ---------------------------------------------------------------------------- SmolLM2

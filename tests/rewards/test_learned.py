@@ -249,3 +249,21 @@ def test_rollout_pairs_ranked_by_another_reward(make_cfg, monkeypatch):
     for pair in train:
         assert pair.meta["source"] == "ranked"
         assert pair.meta["chosen_score"] > pair.meta["rejected_score"]
+
+
+def test_a_warm_started_reward_models_key_is_the_warm_starts_own(make_cfg):
+    """``init: warmstart``: the reward model's cache key holds the warm start's cache key, so it
+    changes with what the backbone starts from (the observation role, the warm start being off)
+    and not with where the warm start is kept."""
+    from agentrl.utils.instantiate import instantiate
+
+    cfg = make_cfg("reward=learned", "reward.init=warmstart")
+    reward = instantiate(cfg.reward)
+    key = reward.identity(cfg)
+    cfg.warmstart.cache_dir = "/elsewhere/warmstart"
+    assert reward.identity(cfg) == key
+    cfg.rollout.observation_role = "tool"
+    assert reward.identity(cfg) != key
+    cfg.rollout.observation_role = "user"
+    cfg.warmstart.enabled = False
+    assert reward.identity(cfg)["warmstart"] is None
