@@ -113,7 +113,7 @@ COMMON = [
     "callbacks.export=null",
     "trainer.enable_progress_bar=false",
     "callbacks.rich_progress=null",
-    "+trainer.enable_model_summary=false",
+    "trainer.enable_model_summary=false",
 ]
 # generous: a hang, not a slow machine, is what this catches
 TIMEOUT_S = 600
