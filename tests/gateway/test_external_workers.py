@@ -205,3 +205,52 @@ def test_the_example_agent_gives_the_same_rollouts_in_both_modes(tiny, tokenizer
     workers = sample(make_suite("examples.openai_agent.agent:run", workers=2, timeout_s=120))
     assert {s for s, *_ in programs} == {"ok"}
     assert workers == programs
+
+
+@pytest.mark.slow
+def test_worker_mode_trains_like_subprocess_mode(make_cfg, tmp_path):
+    """`experiment=openai_agent debug=smoke` (2 RL steps, 4 tasks x 4 samples, the smoke warm
+    start) with the example agent as a program per rollout, then as the entry point in 4
+    workers, same seed: every logged metric but the timings (perf/) is the same. The smoke
+    policy rarely solves a task, so the rewards compared are mostly 0; the tokens, log-probs,
+    losses and gateway counts compared are the policy's own."""
+    import csv
+
+    from omegaconf import open_dict
+
+    from agentrl.train import run as train
+
+    common = [
+        "experiment=openai_agent",
+        "debug=smoke",
+        "data.tasks_per_step=4",
+        "algorithm.group_size=4",
+        "callbacks.export=null",
+        "env.timeout_s=600",
+    ]
+
+    def rows(run):
+        with open(tmp_path / run / "metrics.csv") as f:
+            return [
+                {k: v for k, v in r.items() if v and not k.startswith("perf/")}
+                for r in csv.DictReader(f)
+            ]
+
+    cfg = make_cfg(*common, run="programs")
+    with open_dict(cfg):
+        cfg.env.command = f"{sys.executable} examples/openai_agent/agent.py"
+    train(cfg)
+    workers_cfg = make_cfg(
+        *common, "env.entry_point=examples.openai_agent.agent:run", "env.workers=4", run="workers"
+    )
+    with no_leaks():
+        train(workers_cfg)
+    programs, workers = rows("programs"), rows("workers")
+    steps = [r for r in workers if r.get("gateway/rollouts")]
+    assert len(steps) == 2 and all(float(r["gateway/rollouts"]) == 16 for r in steps)
+    assert all(float(r["rollout/failed_episodes"]) == 0 for r in steps)
+    assert any(r.get("val/success_rate") for r in workers)
+    assert len(workers) == len(programs)
+    for w, p in zip(workers, programs):
+        differ = {k: (w.get(k), p.get(k)) for k in set(w) | set(p) if w.get(k) != p.get(k)}
+        assert not differ, differ
