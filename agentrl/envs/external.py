@@ -369,6 +369,7 @@ class ExternalRunner:
 
 
 def _tail(path: Path, n: int = 300) -> str:
+    """The last ``n`` characters of an agent's log, on one line (both runner modes)."""
     try:
         text = path.read_text(errors="replace").strip()
     except OSError:

@@ -43,7 +43,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentrl.envs.external import kill_group
+from agentrl.envs.external import _tail, kill_group
 from agentrl.gateway.handler import HTTPError
 from agentrl.gateway.record import RolloutRecord
 
@@ -278,11 +278,3 @@ def _shutdown(workers: list[_Worker], tmp: str) -> None:
         _close_pipes(w)
     workers.clear()
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _tail(path: Path, n: int = 300) -> str:
-    try:
-        text = path.read_text(errors="replace").strip()
-    except OSError:
-        return ""
-    return text[-n:].replace("\n", " | ")

@@ -277,15 +277,19 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
-    def _events(self, events: list[tuple[str, dict]]) -> None:
-        """The Responses API's server-sent events (``event:`` and ``data:`` lines), then the end
-        of the stream (no ``[DONE]``). Sent once the turn is generated, as ``_stream``."""
+    def _start_events(self) -> None:
+        """The headers of a server-sent event stream (chunked), for both APIs."""
         self._answering = True
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+
+    def _events(self, events: list[tuple[str, dict]]) -> None:
+        """The Responses API's server-sent events (``event:`` and ``data:`` lines), then the end
+        of the stream (no ``[DONE]``). Sent once the turn is generated, as ``_stream``."""
+        self._start_events()
         for kind, payload in events:
             data = f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
             self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -295,12 +299,7 @@ class Handler(BaseHTTPRequestHandler):
     def _stream(self, result: dict, body: dict) -> None:
         """Server-sent events in OpenAI's chunk format. The engine returns a whole generation, so
         the chunks are sent once it is done: one per generated token of plain content."""
-        self._answering = True
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
+        self._start_events()
         choice = result["choices"][0]
         message = choice["message"]
         head = {k: result[k] for k in ("id", "created", "model")}
