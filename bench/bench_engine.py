@@ -52,7 +52,15 @@ def timed(fn, repeats: int) -> float:
 
 
 def bench_rollout(model, tok, batch: int, new_tokens: int, repeats: int) -> tuple[float, float]:
-    suite = ToolCalc(num_train=max(batch, 100), num_val=10, num_test=10)
+    suite = ToolCalc(
+        num_train=max(batch, 100),
+        num_val=10,
+        num_test=10,
+        max_ops=3,
+        left_to_right=False,
+        guess_prob=0.0,
+        mistake_prob=0.0,
+    )
     chat = ChatFormat(tok)
     prompts = [chat.prompt_ids(suite.system_prompt, t.prompt) for t in suite.tasks("train")[:batch]]
     engine = HFEngine()
@@ -90,14 +98,22 @@ def bench_rollout(model, tok, batch: int, new_tokens: int, repeats: int) -> tupl
 
 
 def bench_update(model, tok, batch: int, repeats: int) -> tuple[float, float]:
-    suite = ToolCalc(num_train=max(batch, 100), num_val=10, num_test=10, mistake_prob=0.0)
+    suite = ToolCalc(
+        num_train=max(batch, 100),
+        num_val=10,
+        num_test=10,
+        max_ops=3,
+        left_to_right=False,
+        guess_prob=0.0,
+        mistake_prob=0.0,
+    )
     chat = ChatFormat(tok)
     runner = EpisodeRunner(HFEngine(), chat, suite, 1024)
     rng = random.Random(0)
     demos = [runner.demonstration(t, suite.oracle(t, rng)) for t in suite.tasks("train")[:batch]]
     tb = collate(demos, tok.pad_token_id)
     tokens = int(tb.attention_mask.sum())
-    algo = GRPO(group_size=2)
+    algo = GRPO(group_size=2, kl_coef=0.0, minibatches=1)
     adv = torch.randn(batch)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     with torch.no_grad():

@@ -39,7 +39,15 @@ def best_time(fn, repeats: int) -> float:
 def bench_model(name: str, args, cache: str) -> list[tuple]:
     model, tok = load(name, args.cache)
     model.eval()
-    suite = ToolCalc(num_train=max(args.batches) + 10, num_val=10, num_test=10)
+    suite = ToolCalc(
+        num_train=max(args.batches) + 10,
+        num_val=10,
+        num_test=10,
+        max_ops=3,
+        left_to_right=False,
+        guess_prob=0.0,
+        mistake_prob=0.0,
+    )
     chat = ChatFormat(tok)
     prompts = [chat.prompt_ids(suite.system_prompt, t.prompt) for t in suite.tasks("train")]
     hf = HFEngine()

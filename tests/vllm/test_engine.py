@@ -118,7 +118,9 @@ def test_a_step_larger_than_the_token_budget_samples_seeded(setup):
     from agentrl.rollout.chat import ChatFormat
 
     model, tok, engine, _ = setup
-    suite = ToolCalc(num_train=64, num_val=10, num_test=10)
+    suite = ToolCalc(
+        num_train=64, num_val=10, num_test=10, max_ops=3, left_to_right=False, guess_prob=0.0
+    )
     chat = ChatFormat(tok)
     prompts = [chat.prompt_ids(suite.system_prompt, t.prompt) for t in suite.tasks("train")] * 2
     assert sum(map(len, prompts)) > 4096
