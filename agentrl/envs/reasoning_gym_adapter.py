@@ -147,7 +147,7 @@ class ReasoningGym:
         num_test: int = 200,
         calculator: bool = True,
         max_turns: int = 4,
-        max_action_tokens: int = 64,
+        max_action_tokens: int = 128,
         success_threshold: float = 1.0,
         guess_prob: float = 0.0,
         system_prompt: str = SYSTEM_PROMPT,

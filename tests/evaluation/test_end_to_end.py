@@ -18,6 +18,7 @@ from agentrl.train import run
 EVERY_VALIDATION = {
     "_target_": "agentrl.evaluation.checkpoints.RLStepCheckpoint",
     "dirpath": "${paths.output_dir}/checkpoints",
+    "every_n_steps": 1,
 }
 RUN = [
     # one thread: on a busy 2-core machine more threads slow the loop down many-fold
