@@ -41,6 +41,20 @@ def load(model_name: str, cache: str):
     return instantiate(cfg).load()
 
 
+def toolcalc_suite(num_train: int) -> ToolCalc:
+    """The toolcalc tasks these benchmarks were measured on (up to 3 operations, precedence
+    order, correct demonstrations), whatever the constructor's defaults become."""
+    return ToolCalc(
+        num_train=num_train,
+        num_val=10,
+        num_test=10,
+        max_ops=3,
+        left_to_right=False,
+        guess_prob=0.0,
+        mistake_prob=0.0,
+    )
+
+
 def timed(fn, repeats: int) -> float:
     fn()  # warm-up
     best = float("inf")
@@ -52,15 +66,7 @@ def timed(fn, repeats: int) -> float:
 
 
 def bench_rollout(model, tok, batch: int, new_tokens: int, repeats: int) -> tuple[float, float]:
-    suite = ToolCalc(
-        num_train=max(batch, 100),
-        num_val=10,
-        num_test=10,
-        max_ops=3,
-        left_to_right=False,
-        guess_prob=0.0,
-        mistake_prob=0.0,
-    )
+    suite = toolcalc_suite(max(batch, 100))
     chat = ChatFormat(tok)
     prompts = [chat.prompt_ids(suite.system_prompt, t.prompt) for t in suite.tasks("train")[:batch]]
     engine = HFEngine()
@@ -98,15 +104,7 @@ def bench_rollout(model, tok, batch: int, new_tokens: int, repeats: int) -> tupl
 
 
 def bench_update(model, tok, batch: int, repeats: int) -> tuple[float, float]:
-    suite = ToolCalc(
-        num_train=max(batch, 100),
-        num_val=10,
-        num_test=10,
-        max_ops=3,
-        left_to_right=False,
-        guess_prob=0.0,
-        mistake_prob=0.0,
-    )
+    suite = toolcalc_suite(max(batch, 100))
     chat = ChatFormat(tok)
     runner = EpisodeRunner(HFEngine(), chat, suite, 1024)
     rng = random.Random(0)

@@ -18,9 +18,8 @@ import tempfile
 import time
 
 import torch
-from bench_engine import load
+from bench_engine import load, toolcalc_suite
 
-from agentrl.envs.toolcalc import ToolCalc
 from agentrl.rollout.chat import ChatFormat
 from agentrl.rollout.engine import HFEngine, SamplingParams
 from agentrl.rollout.vllm_engine import VLLMEngine
@@ -39,15 +38,7 @@ def best_time(fn, repeats: int) -> float:
 def bench_model(name: str, args, cache: str) -> list[tuple]:
     model, tok = load(name, args.cache)
     model.eval()
-    suite = ToolCalc(
-        num_train=max(args.batches) + 10,
-        num_val=10,
-        num_test=10,
-        max_ops=3,
-        left_to_right=False,
-        guess_prob=0.0,
-        mistake_prob=0.0,
-    )
+    suite = toolcalc_suite(max(args.batches) + 10)
     chat = ChatFormat(tok)
     prompts = [chat.prompt_ids(suite.system_prompt, t.prompt) for t in suite.tasks("train")]
     hf = HFEngine()
