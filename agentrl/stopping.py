@@ -120,7 +120,9 @@ def handle_signals():
     try:
         yield STATE
     finally:
-        STATE.installed = False
+        # a stop belongs to the run that got it: later code in this process (another run, a
+        # test) sees none; what was saved stays for the report
+        STATE.installed, STATE.signum = False, None
         for sig, old in STATE.previous.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
 

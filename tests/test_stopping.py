@@ -29,8 +29,10 @@ def test_signal_sets_the_flag_and_check_raises_with_the_exit_code():
         with pytest.raises(stopping.StopRequested) as info:
             stopping.check("rollout", 3)
     assert (info.value.phase, info.value.step, info.value.exit_code) == ("rollout", 3, 143)
-    # the handlers of before are back
+    # the handlers of before are back, and the stop ended with the run that got it
     assert signal.getsignal(signal.SIGTERM) is before
+    assert not stopping.requested()
+    stopping.check("warm start", 0, sync=False)
 
 
 def test_second_ctrl_c_stops_at_once():
