@@ -9,6 +9,7 @@ acted on; a warning that can be acted on is fixed where it comes from instead.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from typing import Any
@@ -63,6 +64,15 @@ def filter_unactionable_warnings() -> None:
         category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
     )
+    # Lightning warns whenever an `srun` binary is on PATH and the process was not started by it;
+    # the hint is for a process inside a SLURM allocation (salloc) that forgot srun. Outside any
+    # allocation (no SLURM_JOB_ID: a login node, a workstation with SLURM installed) there is
+    # nothing to act on; inside one the warning stays.
+    if "SLURM_JOB_ID" not in os.environ:
+        warnings.filterwarnings(
+            "ignore",
+            message=r"The `srun` command is available on your system but is not used",
+        )
 
 
 class Console(Callback):

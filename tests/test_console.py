@@ -132,6 +132,31 @@ def test_the_pytree_deprecation_inside_lightning_is_filtered_and_only_it():
     assert caught(filtered=True) == ["a warning of the run's own"]
 
 
+@pytest.mark.parametrize("in_allocation", [False, True])
+def test_the_srun_hint_is_dropped_outside_a_slurm_allocation_only(
+    tmp_path, monkeypatch, in_allocation
+):
+    """CI (and any machine with SLURM installed) has `srun` on PATH: Lightning then warns on every
+    run not started by srun. That hint is for a process inside an allocation that forgot srun."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    srun = tmp_path / "srun"
+    srun.write_text("#!/bin/sh\n")
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    if in_allocation:
+        monkeypatch.setenv("SLURM_JOB_ID", "7")
+    else:
+        monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        console.filter_unactionable_warnings()
+        SLURMEnvironment.detect()
+    hints = [w for w in seen if "`srun` command is available" in str(w.message)]
+    assert len(hints) == (1 if in_allocation else 0), [str(w.message) for w in seen]
+
+
 def test_eval_mode_restores_the_previous_mode():
     layer = torch.nn.Dropout(0.5)
     with eval_mode(layer):
