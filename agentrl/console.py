@@ -64,6 +64,13 @@ def filter_unactionable_warnings() -> None:
         category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
     )
+    # PEFT's get_peft_model reads transformers' deprecated `is_gradient_checkpointing` alias on
+    # every LoRA model (peft/peft_model.py): PEFT's code, nothing a run can change
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`is_gradient_checkpointing` is deprecated",
+        category=FutureWarning,
+    )
     # Lightning warns whenever an `srun` binary is on PATH and the process was not started by it;
     # the hint is for a process inside a SLURM allocation (salloc) that forgot srun. Outside any
     # allocation (no SLURM_JOB_ID: a login node, a workstation with SLURM installed) there is
