@@ -71,6 +71,12 @@ def filter_unactionable_warnings() -> None:
         message=r"`is_gradient_checkpointing` is deprecated",
         category=FutureWarning,
     )
+    # Lightning's model summary knows no size for mixed precision and counts 32 bits a parameter,
+    # which is right: under autocast the weights stay float32 (only the matmuls run in 16 bits)
+    warnings.filterwarnings(
+        "ignore",
+        message=r"Precision (bf16|16)-mixed is not supported by the model summary",
+    )
     # Lightning warns whenever an `srun` binary is on PATH and the process was not started by it;
     # the hint is for a process inside a SLURM allocation (salloc) that forgot srun. Outside any
     # allocation (no SLURM_JOB_ID: a login node, a workstation with SLURM installed) there is
