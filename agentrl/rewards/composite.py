@@ -159,11 +159,6 @@ class CompositeReward:
                 out[f"reward/{key}/running_std"] = part.stats.std
         return out
 
-    def prepare(self, cfg, suite) -> None:
-        for part in self.parts.values():
-            if hasattr(part.reward, "prepare"):
-                part.reward.prepare(cfg, suite)
-
     def state_dict(self) -> dict:
         state = {}
         for key, part in self.parts.items():
