@@ -20,7 +20,9 @@ A reward is any of:
 
 A reward that needs a trained model (``reward=learned``, alone or in a composite) gets it from
 the run's reward-model stage (``agentrl.rewards.training.reward_model_stage``), which runs before
-the policy is loaded; the reward itself never trains.
+the policy is loaded; the reward itself never trains. (``LearnedReward.prepare(cfg, suite)``, and
+``CompositeReward.prepare`` forwarding to its parts, run that stage for one reward alone, for
+scripts; a run does not call ``prepare``.)
 """
 
 from __future__ import annotations

@@ -159,6 +159,13 @@ class CompositeReward:
                 out[f"reward/{key}/running_std"] = part.stats.std
         return out
 
+    def prepare(self, cfg, suite) -> None:
+        """Each part's ``prepare`` (``LearnedReward.prepare``: the reward-model stage for that
+        reward alone, for scripts; a run calls ``reward_model_stage``, which finds the parts)."""
+        for part in self.parts.values():
+            if hasattr(part.reward, "prepare"):
+                part.reward.prepare(cfg, suite)
+
     def state_dict(self) -> dict:
         state = {}
         for key, part in self.parts.items():
