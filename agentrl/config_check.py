@@ -379,7 +379,7 @@ TARGET_RULES: dict[str, dict[str, Rule]] = {
     "agentrl.envs.toolcalc.ToolCalc": _TOOLCALC,
     "agentrl.envs.codegen.CodeGen": _CODEGEN,
     "agentrl.envs.sandbox.Sandbox": _SANDBOX,
-    "agentrl.envs.reasoning_gym_adapter.ReasoningGym": _REASONING_GYM,
+    "agentrl.envs.reasoning_gym.ReasoningGym": _REASONING_GYM,
     "agentrl.envs.tooluse.ToolUse": _TOOLUSE,
     "agentrl.envs.webnav.WebNav": _WEBNAV,
     "agentrl.envs.external.ExternalAgent": _EXTERNAL,

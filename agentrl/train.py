@@ -12,7 +12,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from agentrl import config_check, stopping
@@ -21,7 +20,9 @@ from agentrl.loggers import truncate_metrics
 from agentrl.models import qlora
 from agentrl.models.factory import ModelLoadError, apply_adapter
 from agentrl.rewards.base import RewardUnavailable
+from agentrl.rewards.training import reward_model_stage, train_reward_model
 from agentrl.utils.instantiate import ConfigError, instantiate, to_container
+from agentrl.warmstart import warm_start
 
 log = logging.getLogger("agentrl")
 
@@ -139,31 +140,6 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     return instantiate(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
 
 
-def warm_start(cfg: DictConfig, parts: dict, policy, tokenizer) -> None:
-    from agentrl.rollout.chat import ChatFormat
-    from agentrl.rollout.runner import EpisodeRunner
-
-    chat = ChatFormat(tokenizer, cfg.rollout.observation_role)
-    runner = EpisodeRunner(parts["engine"], chat, parts["suite"], cfg.rollout.max_seq_len)
-    from agentrl.warmstart import warmstart_identity
-
-    kwargs = {
-        "accelerator": cfg.trainer.accelerator,
-        "devices": 1,
-        # one plain process, whatever the launcher (SLURM's tasks are the RL trainer's business)
-        "plugins": [LightningEnvironment()],
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_model_summary": False,
-        "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True),
-        "callbacks": [instantiate(cfg.callbacks.rich_progress)]
-        if cfg.get("callbacks", {}).get("rich_progress")
-        else [],
-    }
-    identity = warmstart_identity(cfg)
-    parts["warmstart"].run(policy, tokenizer, runner, parts["suite"], identity, kwargs)
-
-
 def run(cfg: DictConfig) -> dict[str, float]:
     """One training run. Returns the final logged metrics (floats)."""
     L.seed_everything(cfg.seed, workers=True)
@@ -179,9 +155,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def fit(cfg: DictConfig, parts: dict) -> dict[str, float]:
     """Model, warm start, module and trainer.fit for the built components."""
-    if hasattr(parts["reward"], "prepare"):
-        # e.g. reward=learned trains (or loads the cached) reward model before anything else
-        parts["reward"].prepare(cfg, parts["suite"])
+    # the reward-model stage: reward=learned (alone or in a composite) gets its trained model
+    # (configured, cached, or trained now) before anything else is loaded
+    reward_model_stage(cfg, parts["reward"], parts["suite"])
     trainer = build_trainer(cfg)
     ckpt = resolve_checkpoint(cfg)
     policy, tokenizer = parts["model_spec"].load()
@@ -220,8 +196,6 @@ def main(cfg: DictConfig) -> dict[str, float]:
         # before seeding (seed=abc) and before either mode builds anything
         check_config(cfg)
         if cfg.get("mode", "rl") == "reward_model":
-            from agentrl.rewards.training import train_reward_model
-
             return train_reward_model(cfg)
         return run(cfg)
     except (ConfigError, ModelLoadError) as exc:

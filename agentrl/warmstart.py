@@ -27,13 +27,15 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig
 
 from agentrl import stopping
 from agentrl.batching import collate
+from agentrl.rollout.chat import ChatFormat
 from agentrl.rollout.runner import EpisodeRunner
 from agentrl.utils.cache import cache_key
-from agentrl.utils.instantiate import to_container
+from agentrl.utils.instantiate import instantiate, to_container
 
 log = logging.getLogger(__name__)
 
@@ -412,3 +414,36 @@ class _StopBetweenSteps(L.Callback):
         os.replace(tmp, self.partial)
         stopping.STATE.saved = (f"warm-start step {step}", str(self.partial))
         stopping.check("warm start", step, sync=False)
+
+
+def stage_parts(cfg: DictConfig, suite) -> dict:
+    """What ``warm_start`` needs, built from ``cfg`` for a model that is not the run's policy
+    (the reward model's backbone, the policy that samples reward-model pairs)."""
+    return {
+        "engine": instantiate(cfg.rollout.engine, "rollout.engine"),
+        "suite": suite,
+        "warmstart": instantiate(cfg.warmstart, "warmstart"),
+    }
+
+
+def warm_start(cfg: DictConfig, parts: dict, policy, tokenizer) -> Path | None:
+    """The warm-start stage of a run: train ``policy`` in place on the demonstrations of
+    ``parts["suite"]`` (or load the cached result; ``parts`` also holds the run's ``engine``
+    and ``warmstart``). One plain process on ``cfg.trainer.accelerator``. Returns the cache
+    folder used (None when the warm start is off)."""
+    chat = ChatFormat(tokenizer, cfg.rollout.observation_role)
+    runner = EpisodeRunner(parts["engine"], chat, parts["suite"], cfg.rollout.max_seq_len)
+    bar = (cfg.get("callbacks") or {}).get("rich_progress")
+    kwargs = {
+        "accelerator": cfg.trainer.accelerator,
+        "devices": 1,
+        # one plain process, whatever the launcher (SLURM's tasks are the RL trainer's business)
+        "plugins": [LightningEnvironment()],
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True),
+        "callbacks": [instantiate(bar)] if bar else [],
+    }
+    identity = warmstart_identity(cfg)
+    return parts["warmstart"].run(policy, tokenizer, runner, parts["suite"], identity, kwargs)

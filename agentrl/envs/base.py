@@ -17,14 +17,25 @@ Optional, for suites that own resources or count their own faults::
 
 Episode envs are text in, text out. ``step`` never raises on a malformed action: it returns an
 observation the agent can read (and ``info["invalid"] = True``). The turn cap is the env's.
+
+Every env is a subpackage of ``agentrl.envs`` and builds on the helpers here, written once:
+``SPLITS`` and ``split_tasks`` (``tasks(split)``), ``check_ints``/``check_probs``/``check_numbers``
+(constructor arguments), ``record_step`` (the turn cap, ``info["truncated"]``, the history),
+``ERR_DONE`` and ``render_episode`` (the transcript and its footer).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from agentrl.types import Task
+
+# the task splits of every suite, in this order
+SPLITS = ("train", "val", "test")
+# the observation of a step after the episode ended
+ERR_DONE = "error: episode is over"
 
 
 class EpisodeEnv(Protocol):
@@ -68,6 +79,50 @@ def record_step(
     info["truncated"] = env.truncated
     env.history.append((action, obs, reward))
     return obs, reward, env.done, info
+
+
+def split_tasks(splits: dict[str, list[Task]], split: str) -> list[Task]:
+    """A suite's ``tasks(split)``: a copy of ``splits[split]``; an unknown split is a ValueError
+    naming the valid ones."""
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    return list(splits[split])
+
+
+def check_ints(args: dict[str, Any], keys: Iterable[str], minimum: int = 1) -> None:
+    """A suite's argument check: each of ``keys`` is an int >= ``minimum`` (one-line error)."""
+    for key in keys:
+        if not isinstance(args[key], int) or args[key] < minimum:
+            raise ValueError(f"{key} must be an int >= {minimum}, got {args[key]!r}")
+
+
+def check_numbers(args: dict[str, Any], keys: Iterable[str]) -> None:
+    """A suite's argument check: each of ``keys`` is a number >= 0 (one-line error)."""
+    for key in keys:
+        if not isinstance(args[key], (int, float)) or args[key] < 0:
+            raise ValueError(f"{key} must be a number >= 0, got {args[key]!r}")
+
+
+def check_probs(args: dict[str, Any], keys: Iterable[str]) -> None:
+    """A suite's argument check: each of ``keys`` is a probability in [0, 1] (one-line error)."""
+    for key in keys:
+        p = args[key]
+        if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"{key} must be in [0, 1], got {p!r}")
+
+
+def render_episode(env: Any, verdict: Callable[[], str], **transcript_args: Any) -> str:
+    """Every env's ``render``: ``(not started)`` before ``reset``; else the ``transcript`` and
+    the footer, ``[truncated after N turns]`` for an episode the turn cap ended, ``verdict()``
+    (e.g. ``[answer 52: correct, expected 52]``) for one that ended otherwise."""
+    if env.task is None:
+        return "(not started)"
+    lines = transcript(env.system_prompt, env.task.prompt, env.history, **transcript_args)
+    if env.truncated:
+        lines.append(f"[truncated after {env.max_turns} turns]")
+    elif env.done:
+        lines.append(verdict())
+    return "\n".join(lines)
 
 
 def transcript(

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ERR_FORMAT = 'error: expected <tool_call>{"name": ..., "arguments": {...}}</tool_call> or <answer>...</answer>'
-ERR_DONE = "error: episode is over"
 # the longest text accepted inside <tool_call> or <answer>
 MAX_ACTION_CHARS = 400
 # the largest magnitude a calculator result (or intermediate) may reach

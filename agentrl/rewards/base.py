@@ -15,10 +15,14 @@ A reward is any of:
   or reward model) implement it; an exception in the list fails that episode only;
 - optionally ``metrics() -> dict[str, float]``: per-batch statistics (already namespaced, e.g.
   ``reward/api_retries``) that the loop logs after scoring;
-- optionally ``prepare(cfg, suite)``: work before training (e.g. training a reward model),
-  called once by ``agentrl.train`` before the policy is loaded;
 - optionally ``state_dict()`` / ``load_state_dict()``: state saved in the run's checkpoints
   (e.g. running normalisation statistics).
+
+A reward that needs a trained model (``reward=learned``, alone or in a composite) gets it from
+the run's reward-model stage (``agentrl.rewards.training.reward_model_stage``), which runs before
+the policy is loaded; the reward itself never trains. (``LearnedReward.prepare(cfg, suite)``, and
+``CompositeReward.prepare`` forwarding to its parts, run that stage for one reward alone, for
+scripts; a run does not call ``prepare``.)
 """
 
 from __future__ import annotations

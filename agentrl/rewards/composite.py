@@ -160,6 +160,8 @@ class CompositeReward:
         return out
 
     def prepare(self, cfg, suite) -> None:
+        """Each part's ``prepare`` (``LearnedReward.prepare``: the reward-model stage for that
+        reward alone, for scripts; a run calls ``reward_model_stage``, which finds the parts)."""
         for part in self.parts.values():
             if hasattr(part.reward, "prepare"):
                 part.reward.prepare(cfg, suite)

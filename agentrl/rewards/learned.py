@@ -6,9 +6,11 @@ template: the task, then each action (assistant turn) and each
 observation, so any backbone tokenizer works and pairs from a JSONL file look exactly like
 rollouts. The score is the head's value at the last token.
 
-``LearnedReward.prepare`` (called by the run before training) loads ``checkpoint`` when one is
-configured, else trains a reward model (``agentrl.rewards.training``) and caches it under
+The reward-model stage (``agentrl.rewards.training.reward_model_stage``, run by ``fit`` before
+the policy is loaded) gives this reward its model: ``checkpoint`` when one is configured, else
+the cached model of these settings, else one it trains now and caches under
 ``cache_dir/<hash of its settings and the env's>``; the next run with the same settings reuses it.
+The reward only loads or holds what the stage produced.
 
 Reward hacking monitor: with each scored batch ``metrics()`` compares the learned reward with
 the env verifier's outcome (``reward/rm_success_auc``: the probability that a successful episode
@@ -32,7 +34,6 @@ from torch.nn import functional as F
 from agentrl.rewards.base import RewardOutput
 from agentrl.rollout.chat import ChatFormat
 from agentrl.types import Task, Trajectory, Turn
-from agentrl.utils.cache import cache_key
 from agentrl.utils.instantiate import instantiate
 from agentrl.warmstart import warmstart_identity
 
@@ -248,7 +249,7 @@ def spec_identity(obj):
 
 class LearnedReward:
     """backbone: a model spec (``conf/model`` style; ``load() -> (model, tokenizer)``).
-    checkpoint: a saved reward model folder (``model.pt``); null trains one in ``prepare``.
+    checkpoint: a saved reward model folder (``model.pt``); null: the reward-model stage trains one.
     training: the settings of ``agentrl.rewards.training.train`` (pairs, steps, lr, ...).
     cache_dir: where trained reward models are cached by their settings. batch_size: episodes
     per forward pass when scoring. max_len: tokens of an episode the model sees (its end).
@@ -307,48 +308,25 @@ class LearnedReward:
             out["warmstart"] = ws.key(warmstart_identity(cfg)) if ws.enabled else None
         return out
 
-    def build(self, cfg=None, suite=None) -> RewardModel:
+    def build(self, warm_start=None) -> RewardModel:
         """A fresh reward model on the backbone, and the episode encoder (the env's system
-        prompt is left out: it is the same in every episode). ``init: warmstart`` starts the
-        backbone from the run's supervised warm start (as InstructGPT starts its reward model
-        from the SFT policy), which reads the env's format already; it needs ``cfg``."""
+        prompt is left out: it is the same in every episode). ``warm_start(net, tokenizer)``,
+        when given, initialises the backbone first (the reward-model stage passes the run's
+        warm start for ``init: warmstart``)."""
         net, tokenizer = self.backbone.load()
-        if self.init == "warmstart" and cfg is not None:
-            from agentrl.train import warm_start
-
-            parts = {
-                "engine": instantiate(cfg.rollout.engine, "rollout.engine"),
-                "suite": suite,
-                "warmstart": instantiate(cfg.warmstart, "warmstart"),
-            }
-            log.info("reward model: backbone initialised from the policy's warm start")
-            warm_start(cfg, parts, net, tokenizer)
+        if warm_start is not None:
+            warm_start(net, tokenizer)
         self.model = RewardModel(net)
         self.encoder = EpisodeEncoder(tokenizer, self.max_len)
         return self.model
 
     def prepare(self, cfg, suite) -> None:
-        """Load ``checkpoint``, or the cached model of these settings, or train one now."""
-        from agentrl.rewards import training
+        """The reward-model stage (``agentrl.rewards.training.prepare_reward_model``) for this
+        reward alone: load ``checkpoint``, or the cached model of these settings, or train one
+        now. A run calls the stage itself (``agentrl.train.fit``); this is for scripts."""
+        from agentrl.rewards.training import prepare_reward_model
 
-        if self.checkpoint:
-            self.build()
-            self.load(self.checkpoint)
-            log.info("reward model: loaded %s", self.checkpoint)
-        else:
-            folder = Path(self.cache_dir) / cache_key(self.identity(cfg))
-            if (folder / "model.pt").is_file():
-                self.build()
-                self.load(folder)
-                log.info("reward model: reusing the cached %s (%s)", folder, self._summary())
-            else:
-                log.info(
-                    "reward model: no checkpoint configured; training one (cached in %s)", folder
-                )
-                self.build(cfg, suite)
-                logs = Path(cfg.paths.output_dir) / "reward_model"
-                self.info = training.train(self, cfg, suite, self.training, folder, logs)
-        self.to_device()
+        prepare_reward_model(self, cfg, suite)
 
     def to_device(self) -> None:
         name = self.device
@@ -356,7 +334,7 @@ class LearnedReward:
             name = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(name).eval()
 
-    def _summary(self) -> str:
+    def summary(self) -> str:
         acc = self.info.get("val_accuracy")
         return "no metrics" if acc is None else f"held-out pairwise accuracy {acc:.3f}"
 
@@ -388,7 +366,9 @@ class LearnedReward:
 
     def score_batch(self, trajectories: list[Trajectory]) -> list[RewardOutput]:
         if self.model is None:
-            raise RuntimeError("the reward model is not loaded (prepare() was not called)")
+            raise RuntimeError(
+                "the reward model is not loaded (the reward-model stage did not run)"
+            )
         episodes = [(t.task, t.turns) for t in trajectories]
         scores = [self.scale * s for s in score_episodes(self.model, self.encoder, episodes)]
         self._monitor(scores, [bool(t.success) for t in trajectories])

@@ -34,11 +34,13 @@ from agentrl import stopping
 from agentrl.envs.base import close_suite
 from agentrl.pairs import PreferencePair, env_pairs, load_pairs, pair_trajectories, ranked_pairs
 from agentrl.rewards.base import score_batch
+from agentrl.rewards.composite import CompositeReward
 from agentrl.rewards.learned import LearnedReward, RewardModelModule, pairwise_accuracy
 from agentrl.rollout.chat import ChatFormat
 from agentrl.rollout.runner import EpisodeRunner
 from agentrl.utils.cache import cache_key
 from agentrl.utils.instantiate import ConfigError, instantiate
+from agentrl.warmstart import stage_parts, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +79,9 @@ def replay_runner(reward: LearnedReward, suite) -> EpisodeRunner:
 
 def rollout_pairs(cfg: DictConfig, suite, src: dict, seed: int) -> list[PreferencePair]:
     """Pairs from the policy's own rollouts (warm-started as the run would), ranked by a reward."""
-    from agentrl.train import warm_start
-
     spec = instantiate(cfg.model, "model")
     policy, tokenizer = spec.load()
-    parts = {
-        "engine": instantiate(cfg.rollout.engine, "rollout.engine"),
-        "suite": suite,
-        "warmstart": instantiate(cfg.warmstart, "warmstart"),
-    }
+    parts = stage_parts(cfg, suite)
     warm_start(cfg, parts, policy, tokenizer)
     ranker = src.get("ranker") or _HEURISTIC
     if isinstance(ranker, dict):
@@ -320,9 +316,65 @@ def _trainer_kwargs(cfg, s: dict, log_dir, validate: bool) -> dict:
     }
 
 
+def learned_rewards(reward) -> list[LearnedReward]:
+    """The learned rewards in ``reward``: itself, or the parts of a composite (at any depth)."""
+    if isinstance(reward, LearnedReward):
+        return [reward]
+    if isinstance(reward, CompositeReward):
+        return [r for part in reward.parts.values() for r in learned_rewards(part.reward)]
+    return []
+
+
+def reward_model_stage(cfg: DictConfig, reward, suite) -> list[Path]:
+    """The reward-model stage of a run (``agentrl.train.fit`` calls it before the policy is
+    loaded): every learned reward in ``reward`` gets its model. Returns the folders loaded."""
+    return [prepare_reward_model(r, cfg, suite) for r in learned_rewards(reward)]
+
+
+def prepare_reward_model(
+    reward: LearnedReward, cfg: DictConfig, suite, retrain: bool = False
+) -> Path:
+    """Give ``reward`` its model: its ``checkpoint``, or the cached model of these settings, or
+    one trained now (on ``cfg``'s pairs; logged in the run's ``reward_model/``) and cached.
+    ``retrain``: train even when a checkpoint or a cached model exists (``mode=reward_model``).
+    Returns the folder the model is in."""
+    if reward.checkpoint and not retrain:
+        reward.build()
+        reward.load(reward.checkpoint)
+        log.info("reward model: loaded %s", reward.checkpoint)
+        reward.to_device()
+        return Path(reward.checkpoint)
+    folder = Path(reward.cache_dir) / cache_key(reward.identity(cfg))
+    if (folder / "model.pt").is_file() and not retrain:
+        reward.build()
+        reward.load(folder)
+        log.info("reward model: reusing the cached %s (%s)", folder, reward.summary())
+    else:
+        log.info("reward model: no checkpoint configured; training one (cached in %s)", folder)
+        reward.build(_backbone_start(reward, cfg, suite))
+        logs = Path(cfg.paths.output_dir) / "reward_model"
+        reward.info = train(reward, cfg, suite, reward.training, folder, logs)
+    reward.to_device()
+    return folder
+
+
+def _backbone_start(reward: LearnedReward, cfg: DictConfig, suite):
+    """``init: warmstart``: the backbone starts from the run's supervised warm start (as
+    InstructGPT starts its reward model from the SFT policy), which reads the env's format."""
+    if reward.init != "warmstart":
+        return None
+
+    def start(net, tokenizer) -> None:
+        log.info("reward model: backbone initialised from the policy's warm start")
+        warm_start(cfg, stage_parts(cfg, suite), net, tokenizer)
+
+    return start
+
+
 def train_reward_model(cfg: DictConfig) -> dict[str, float]:
-    """``python launch.py mode=reward_model``: train the configured reward model, save it in the
-    run directory and in the cache (where ``reward=learned`` finds it)."""
+    """``python launch.py mode=reward_model``: the reward-model stage alone, training whatever
+    is cached; the model is saved in the cache (where ``reward=learned`` finds it) and in the
+    run directory."""
     L.seed_everything(cfg.seed, workers=True)
     reward = instantiate(cfg.reward, "reward")
     if not isinstance(reward, LearnedReward):
@@ -330,12 +382,11 @@ def train_reward_model(cfg: DictConfig) -> dict[str, float]:
     suite = instantiate(cfg.env, "env")
     out = Path(cfg.paths.output_dir) / "reward_model"
     try:
-        reward.build(cfg, suite)
-        info = train(reward, cfg, suite, reward.training, out, out_dir=out)
+        cached = prepare_reward_model(reward, cfg, suite, retrain=True)
     finally:
         close_suite(suite)
-    cached = Path(reward.cache_dir) / cache_key(reward.identity(cfg))
-    reward.save(cached, info)
+    info = reward.info
+    reward.save(out, info)
     print(
         f"reward model: held-out pairwise accuracy {_fmt(info['val_accuracy'])}, correlation "
         f"with the env's success {_fmt(info['val_success_corr'])}; saved to {out} and {cached}"

@@ -11,9 +11,9 @@ import hydra
 import pytest
 from omegaconf import OmegaConf
 
-from agentrl.envs.codegen import CodeGen, code_action, parse_code
-from agentrl.envs.codegen_problems import PROBLEMS
-from agentrl.envs.codegen_tasks import program_code
+from agentrl.envs.codegen.problems import PROBLEMS
+from agentrl.envs.codegen.suite import CodeGen, code_action, parse_code
+from agentrl.envs.codegen.tasks import program_code
 from agentrl.envs.sandbox import Sandbox, namespaces_available
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "env" / "codegen.yaml"

@@ -12,8 +12,8 @@ import psutil
 import pytest
 from omegaconf import open_dict
 
-from agentrl.envs.codegen import CodeGen, code_action
-from agentrl.envs.codegen_tasks import program_code
+from agentrl.envs.codegen.suite import CodeGen, code_action
+from agentrl.envs.codegen.tasks import program_code
 from agentrl.envs.sandbox import Sandbox
 from agentrl.models.tokenizer import load_tiny_tokenizer
 from agentrl.module import AgentRLModule
@@ -56,7 +56,8 @@ def test_sandbox_failures_are_counted_and_the_batch_goes_on(chat, tmp_path):
     suite = CodeGen(seed=0, sandbox=broken, **SMALL)
     tasks = suite.tasks("train")[:2]
     trajs = [rollout(chat, suite, t, [code_action(t.meta["solution"])]) for t in tasks]
-    assert all(t.status == "ok" and t.success is False for t in trajs)
+    # every attempt fails: the turn cap ends the episode as truncated, as in every env
+    assert all(t.status == "truncated" and t.success is False for t in trajs)
     assert all(len(t.turns) == suite.max_turns for t in trajs)
     score_batch(EnvReturn(), trajs)
     host = SimpleNamespace(

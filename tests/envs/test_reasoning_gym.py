@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from agentrl.envs.reasoning_gym_adapter import ReasoningGym
+from agentrl.envs.reasoning_gym import ReasoningGym
 from agentrl.envs.toolcalls import answer_action, tool_call
 from agentrl.utils.instantiate import ConfigError, instantiate
 

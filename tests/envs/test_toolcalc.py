@@ -10,7 +10,7 @@ import hydra
 import pytest
 from omegaconf import OmegaConf
 
-from agentrl.envs.toolcalc import ERR_DONE, ToolCalc, ToolCalcEnv, answer_action, parse_action
+from agentrl.envs.toolcalc.suite import ERR_DONE, ToolCalc, ToolCalcEnv, answer_action, parse_action
 from agentrl.types import Task
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "env" / "toolcalc.yaml"

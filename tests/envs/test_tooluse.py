@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from agentrl.envs.price_service import PriceService, fetch_price, price_of
 from agentrl.envs.toolcalls import (
     ERR_FORMAT,
     ToolError,
@@ -19,7 +18,8 @@ from agentrl.envs.toolcalls import (
     parse_action,
     tool_call,
 )
-from agentrl.envs.tooluse import ToolUse, convert
+from agentrl.envs.tooluse.price_service import PriceService, fetch_price, price_of
+from agentrl.envs.tooluse.suite import ToolUse, convert
 from agentrl.utils.instantiate import instantiate
 from tests.envs.leaks import no_leaks, port_closed
 

@@ -12,8 +12,9 @@ import hydra
 import pytest
 from omegaconf import OmegaConf
 
+from agentrl.envs.base import ERR_DONE
 from agentrl.envs.webnav import WebNav
-from agentrl.envs.webnav.actions import ERR_DONE, ERR_FORMAT, parse_action
+from agentrl.envs.webnav.actions import ERR_FORMAT, parse_action
 from agentrl.envs.webnav.env import SiteError, check_outcome
 from agentrl.envs.webnav.render import parse
 from agentrl.envs.webnav.server import ShopServer

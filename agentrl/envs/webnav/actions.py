@@ -16,7 +16,6 @@ from dataclasses import dataclass
 # the longest text a type or answer action may carry
 MAX_TEXT = 60
 ERR_FORMAT = 'error: expected click [n], type [n] "text", submit, back, answer "text" or finish'
-ERR_DONE = "error: episode is over"
 
 _PATTERNS = {
     "click": re.compile(r"click\s*\[\s*(\d{1,4})\s*\]"),

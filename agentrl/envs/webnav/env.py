@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 
 import lxml.html
 
-from agentrl.envs.base import record_step, transcript
+from agentrl.envs.base import ERR_DONE, record_step, render_episode
 from agentrl.envs.webnav import actions as A
 from agentrl.envs.webnav.render import Element, Page, parse
 from agentrl.types import Task
@@ -136,7 +136,7 @@ class WebNavEnv:
         if self.task is None:
             raise RuntimeError("WebNavEnv.step called before reset(task)")
         if self.done:
-            return A.ERR_DONE, 0.0, True, self._info(None, A.ERR_DONE)
+            return ERR_DONE, 0.0, True, self._info(None, ERR_DONE)
         parsed = A.parse_action(action)
         obs, info = self._apply(parsed)
         reward = (float(self.succeeded()) if self.done else 0.0) - self.step_penalty
@@ -215,18 +215,7 @@ class WebNavEnv:
 
     def render(self) -> str:
         """A readable transcript of the episode so far."""
-        if self.task is None:
-            return "(not started)"
-        lines = transcript(
-            self.system_prompt,
-            self.task.prompt,
-            self.history,
-            reward_format="{:g}",
-            indent_observations=True,
-        )
-        if self.truncated:
-            lines.append(f"[truncated after {self.max_turns} turns]")
-        elif self.done:
-            verdict = "success" if self.succeeded() else "failure"
-            lines.append(f"[{verdict}; expected {self.task.answer}]")
-        return "\n".join(lines)
+        return render_episode(self, self._verdict, reward_format="{:g}", indent_observations=True)
+
+    def _verdict(self) -> str:
+        return f"[{'success' if self.succeeded() else 'failure'}; expected {self.task.answer}]"

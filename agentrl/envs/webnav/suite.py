@@ -17,6 +17,7 @@ import random
 import weakref
 from typing import Any
 
+from agentrl.envs.base import SPLITS, check_ints, check_probs, split_tasks
 from agentrl.envs.webnav import actions as A
 from agentrl.envs.webnav.env import SYSTEM_PROMPT, HttpDriver, WebNavEnv, check_outcome
 from agentrl.envs.webnav.server import ShopServer
@@ -24,7 +25,6 @@ from agentrl.envs.webnav.shop import generate_site, plural
 from agentrl.types import Task
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val", "test")
 BACKENDS = ("text", "browser")
 NAMES = ("Ann", "Bob", "Eve", "Kim", "Lee", "Max", "Sam", "Zoe", "Ray", "Ida", "Tom", "Liv")
 
@@ -157,9 +157,7 @@ class WebNav:
     # ------------------------------------------------------------------ the Env contract
     def tasks(self, split: str) -> list[Task]:
         """The tasks of ``split`` ("train", "val" or "test"), identical for a given seed."""
-        if split not in self._splits:
-            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        return list(self._splits[split])
+        return split_tasks(self._splits, split)
 
     def make(self, backend: str | None = None) -> WebNavEnv:
         """A fresh episode env (on the suite's backend unless ``backend`` is given)."""
@@ -328,16 +326,9 @@ class _Demonstrator:
 
 
 def _check_args(args: dict[str, Any]) -> None:
-    for key in (
-        "num_train",
-        "num_val",
-        "num_test",
-        "max_action_tokens",
-        "page_size",
-        "max_seq_len",
-    ):
-        if not isinstance(args[key], int) or args[key] < 1:
-            raise ValueError(f"{key} must be an int >= 1, got {args[key]!r}")
+    check_ints(
+        args, ("num_train", "num_val", "num_test", "max_action_tokens", "page_size", "max_seq_len")
+    )
     if not isinstance(args["max_turns"], int) or args["max_turns"] < 1:
         raise ValueError(f"max_turns must be >= 1, got {args['max_turns']!r}")
     if not isinstance(args["num_categories"], int) or not 1 <= args["num_categories"] <= 10:
@@ -346,18 +337,18 @@ def _check_args(args: dict[str, Any]) -> None:
         )
     if args["backend"] not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {args['backend']!r}")
-    for key in (
-        "buy_prob",
-        "guess_prob",
-        "mistake_prob",
-        "browse_prob",
-        "size_query_prob",
-        "fix_prob",
-        "kind_query_prob",
-    ):
-        p = args[key]
-        if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"{key} must be in [0, 1], got {p!r}")
+    check_probs(
+        args,
+        (
+            "buy_prob",
+            "guess_prob",
+            "mistake_prob",
+            "browse_prob",
+            "size_query_prob",
+            "fix_prob",
+            "kind_query_prob",
+        ),
+    )
     if not args["http_timeout"] > 0:
         raise ValueError(f"http_timeout must be > 0, got {args['http_timeout']!r}")
     if args["step_penalty"] < 0:

@@ -7,7 +7,7 @@ Tools (JSON function calling, see ``agentrl.envs.toolcalls``):
                                         stock (count); generated from the task's catalog number
     convert(value, from, to)            unit conversion (mass, length, time)
     price(item)                         the price API, over real HTTP on 127.0.0.1 (see
-                                        ``agentrl.envs.price_service``): latency, HTTP 500s and
+                                        ``agentrl.envs.tooluse.price_service``): latency, HTTP 500s and
                                         timeouts are part of the environment
 
 Task families, each needing two or three tools (the oracle's calls in brackets)::
@@ -33,11 +33,18 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from agentrl.envs.base import record_step, transcript
-from agentrl.envs.price_service import PriceService, fault_at, fetch_price, price_of
+from agentrl.envs.base import (
+    ERR_DONE,
+    SPLITS,
+    check_ints,
+    check_numbers,
+    check_probs,
+    record_step,
+    render_episode,
+    split_tasks,
+)
 from agentrl.envs.toolcalls import (
     CALCULATOR,
-    ERR_DONE,
     Action,
     ToolError,
     ToolSpec,
@@ -50,13 +57,13 @@ from agentrl.envs.toolcalls import (
     tool_response,
     unknown_tool,
 )
+from agentrl.envs.tooluse.price_service import PriceService, fault_at, fetch_price, price_of
 from agentrl.types import Task
 
 SYSTEM_PROMPT = (
     "Tools: calc(expression) lookup(item,field) convert(value,from,to) price(item). Call one a "
     'turn as <tool_call>{"name":..,"arguments":{..}}</tool_call>, then <answer>N</answer>.'
 )
-SPLITS = ("train", "val", "test")
 FAMILIES = ("weight", "length", "value", "cost")
 ITEMS = (
     "bolt",
@@ -212,15 +219,11 @@ class ToolUseEnv:
         }
 
     def render(self) -> str:
-        if self.task is None:
-            return "(not started)"
-        lines = transcript(self.system_prompt, self.task.prompt, self.history)
-        if self.truncated:
-            lines.append(f"[truncated after {self.max_turns} turns]")
-        elif self.done:
-            verdict = "correct" if self.suite.correct(self.task, self.final_answer) else "wrong"
-            lines.append(f"[answer {self.final_answer}: {verdict}, expected {self.task.answer}]")
-        return "\n".join(lines)
+        return render_episode(self, self._verdict)
+
+    def _verdict(self) -> str:
+        verdict = "correct" if self.suite.correct(self.task, self.final_answer) else "wrong"
+        return f"[answer {self.final_answer}: {verdict}, expected {self.task.answer}]"
 
 
 class ToolUse:
@@ -312,9 +315,7 @@ class ToolUse:
 
     # ---------------------------------------------------------------- contract
     def tasks(self, split: str) -> list[Task]:
-        if split not in self._splits:
-            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        return list(self._splits[split])
+        return split_tasks(self._splits, split)
 
     def correct(self, task: Task, answer: str | None) -> bool:
         return answer is not None and answer.strip() == str(task.answer)
@@ -407,9 +408,7 @@ class ToolUse:
 
 
 def _check_args(args: dict[str, Any]) -> None:
-    for key in ("num_train", "num_val", "num_test", "max_turns", "max_action_tokens"):
-        if not isinstance(args[key], int) or args[key] < 1:
-            raise ValueError(f"{key} must be an int >= 1, got {args[key]!r}")
+    check_ints(args, ("num_train", "num_val", "num_test", "max_turns", "max_action_tokens"))
     if not isinstance(args["max_quantity"], int) or args["max_quantity"] < 2:
         raise ValueError(f"max_quantity must be an int >= 2, got {args['max_quantity']!r}")
     bad = [f for f in args["families"] if f not in FAMILIES]
@@ -417,14 +416,9 @@ def _check_args(args: dict[str, Any]) -> None:
         raise ValueError(
             f"families must be a non-empty subset of {list(FAMILIES)}, got {list(args['families'])}"
         )
-    for key in ("error_rate", "timeout_rate", "skip_convert_prob", "mistake_prob"):
-        p = args[key]
-        if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"{key} must be in [0, 1], got {p!r}")
+    check_probs(args, ("error_rate", "timeout_rate", "skip_convert_prob", "mistake_prob"))
     if args["error_rate"] + args["timeout_rate"] >= 1.0:
         raise ValueError("error_rate + timeout_rate must be < 1 (else no request ever succeeds)")
-    for key in ("latency_s", "timeout_s"):
-        if not isinstance(args[key], (int, float)) or args[key] < 0:
-            raise ValueError(f"{key} must be a number >= 0, got {args[key]!r}")
+    check_numbers(args, ("latency_s", "timeout_s"))
     if args["timeout_s"] <= 0:
         raise ValueError(f"timeout_s must be > 0, got {args['timeout_s']!r}")

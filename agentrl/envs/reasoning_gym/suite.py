@@ -25,10 +25,17 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from agentrl.envs.base import record_step, transcript
+from agentrl.envs.base import (
+    ERR_DONE,
+    SPLITS,
+    check_ints,
+    check_probs,
+    record_step,
+    render_episode,
+    split_tasks,
+)
 from agentrl.envs.toolcalls import (
     CALCULATOR,
-    ERR_DONE,
     Action,
     ToolError,
     answer_action,
@@ -46,7 +53,6 @@ SYSTEM_PROMPT = (
     'You may call <tool_call>{"name":"calc","arguments":{"expression":..}}</tool_call>, '
     "then give <answer>..</answer>."
 )
-SPLITS = ("train", "val", "test")
 TOOLS = {"calc": CALCULATOR}
 # a split draws from up to SEARCH_FACTOR * size + 1000 generated items (items are generated on
 # access, and item i depends only on the split seed and i) before it gives up on duplicates
@@ -106,16 +112,12 @@ class ReasoningGymEnv:
         return {**info, **extra}
 
     def render(self) -> str:
-        if self.task is None:
-            return "(not started)"
-        lines = transcript(self.system_prompt, self.task.prompt, self.history)
-        if self.truncated:
-            lines.append(f"[truncated after {self.max_turns} turns]")
-        elif self.done:
-            lines.append(
-                f"[answer {self.final_answer!r}: score {self.score:g}, expected {self.task.answer!r}]"
-            )
-        return "\n".join(lines)
+        return render_episode(self, self._verdict)
+
+    def _verdict(self) -> str:
+        return (
+            f"[answer {self.final_answer!r}: score {self.score:g}, expected {self.task.answer!r}]"
+        )
 
 
 class ReasoningGym:
@@ -169,9 +171,7 @@ class ReasoningGym:
         self._splits = self._generate()
 
     def tasks(self, split: str) -> list[Task]:
-        if split not in self._splits:
-            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        return list(self._splits[split])
+        return split_tasks(self._splits, split)
 
     def make(self) -> ReasoningGymEnv:
         return ReasoningGymEnv(self)
@@ -262,13 +262,8 @@ def _is_int(text: str) -> bool:
 def _check_args(args: dict[str, Any]) -> None:
     if not isinstance(args["dataset"], str) or not args["dataset"]:
         raise ValueError(f"dataset must name a reasoning_gym dataset, got {args['dataset']!r}")
-    for key in ("num_train", "num_val", "num_test", "max_turns", "max_action_tokens"):
-        if not isinstance(args[key], int) or args[key] < 1:
-            raise ValueError(f"{key} must be an int >= 1, got {args[key]!r}")
-    for key in ("success_threshold", "guess_prob"):
-        p = args[key]
-        if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"{key} must be in [0, 1], got {p!r}")
+    check_ints(args, ("num_train", "num_val", "num_test", "max_turns", "max_action_tokens"))
+    check_probs(args, ("success_threshold", "guess_prob"))
     if args["config"] is not None and not hasattr(args["config"], "keys"):
         raise ValueError(
             f"config must be a mapping of the dataset's settings, got {args['config']!r}"

@@ -43,7 +43,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentrl.envs.external import _tail, kill_group
+from agentrl.envs.external.suite import _tail, kill_group
 from agentrl.gateway.handler import HTTPError
 from agentrl.gateway.record import RolloutRecord
 

@@ -1,5 +1,5 @@
 """One long-lived worker of ``env=external``'s entry-point mode (started by
-``agentrl.envs.external_workers.WorkerPool``; standard library only, so it starts fast).
+``agentrl.envs.external.workers.WorkerPool``; standard library only, so it starts fast).
 
     python agent_worker.py MODULE:FUNCTION
 

@@ -9,7 +9,8 @@ The agent answers with one fenced code block defining the function::
 
 The env runs every hidden test of the task in a :mod:`~agentrl.envs.sandbox` process and answers
 with the failures (``passed 3/5`` and the first failing calls, truncated); the agent may revise
-up to ``max_revisions`` times. The episode ends when every test passes or the attempts run out.
+up to ``max_revisions`` times. The episode ends when every test passes or the attempts run out
+(the shared turn cap of ``agentrl.envs.base``: truncated, ``info["truncated"] = True``).
 A reply without a code block, with a syntax error or without the function is malformed: an
 ``error: ...`` observation, ``info["invalid"] = True``, and it uses up an attempt.
 
@@ -33,9 +34,17 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentrl.envs.base import transcript
-from agentrl.envs.codegen_tasks import (
+from agentrl.envs.base import (
+    ERR_DONE,
     SPLITS,
+    check_ints,
+    check_numbers,
+    check_probs,
+    record_step,
+    render_episode,
+    split_tasks,
+)
+from agentrl.envs.codegen.tasks import (
     STEP_OPS,
     bundled_tasks,
     call_text,
@@ -47,7 +56,6 @@ from agentrl.types import Task
 
 SYSTEM_PROMPT = "Reply with one ```python block defining the function. Failed tests come back."
 ERR_NO_BLOCK = "error: expected one ```python code block"
-ERR_DONE = "error: episode is over"
 SOURCES = ("procedural", "bundled")
 
 _BLOCK_RE = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
@@ -215,7 +223,7 @@ class CodeGenEnv:
         self.max_turns = suite.max_turns
         self.task: Task | None = None
         self.history: list[tuple[str, str, float]] = []
-        self.done = False
+        self.done = self.truncated = False
         self.score = 0.0
         self.last_grade: Grade | None = None
 
@@ -227,7 +235,7 @@ class CodeGenEnv:
         """Start an episode on ``task``; returns the initial observation (the prompt)."""
         self.task = task
         self.history = []
-        self.done = False
+        self.done = self.truncated = False
         self.score = 0.0
         self.last_grade = None
         return task.prompt
@@ -250,18 +258,16 @@ class CodeGenEnv:
             info = self._info(None, passed=grade.passed, total=grade.total, sandbox=grade.sandbox)
             info["metrics"] = metrics
             self.done = grade.all_passed
-        if len(self.history) + 1 >= self.max_turns:
-            self.done = True
-        if self.done:
-            obs = ""
-        self.history.append((action, obs, reward))
-        return obs, reward, self.done, info
+            if self.done:
+                obs = ""
+        # the last attempt ends the episode as truncated (unless it passed everything)
+        return record_step(self, action, obs, reward, info)
 
     def _info(self, error: str | None, **extra: Any) -> dict[str, Any]:
         info = {
             "invalid": error is not None,
             "error": error,
-            "truncated": False,
+            "truncated": self.truncated,
             "turn": len(self.history),
             "passed": None,
             "total": None,
@@ -272,19 +278,12 @@ class CodeGenEnv:
 
     def render(self) -> str:
         """A readable transcript of the episode so far."""
-        if self.task is None:
-            return "(not started)"
-        lines = transcript(
-            self.system_prompt,
-            self.task.prompt,
-            self.history,
-            reward_format="{:+.3f}",
-        )
-        if self.done:
-            g = self.last_grade
-            res = f"{g.passed}/{g.total} tests passed" if g else "no graded submission"
-            lines.append(f"[{'solved' if self.all_passed else 'not solved'}: {res}]")
-        return "\n".join(lines)
+        return render_episode(self, self._verdict, reward_format="{:+.3f}")
+
+    def _verdict(self) -> str:
+        g = self.last_grade
+        res = f"{g.passed}/{g.total} tests passed" if g else "no graded submission"
+        return f"[{'solved' if self.all_passed else 'not solved'}: {res}]"
 
 
 class CodeGen:
@@ -378,9 +377,7 @@ class CodeGen:
 
     def tasks(self, split: str) -> list[Task]:
         """The tasks of ``split`` ("train", "val" or "test"), identical for a given seed."""
-        if split not in self._splits:
-            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        return list(self._splits[split])
+        return split_tasks(self._splits, split)
 
     def make(self) -> CodeGenEnv:
         """A fresh episode env (it holds no resources: each sandbox run cleans up after itself)."""
@@ -474,20 +471,21 @@ def _check_args(args: dict[str, Any]) -> None:
         raise ValueError(
             f"sources must be a non-empty list of {', '.join(SOURCES)}, got {sources!r}"
         )
-    for key in (
-        "num_train",
-        "num_val",
-        "num_test",
-        "max_steps",
-        "max_constant",
-        "num_tests",
-        "max_action_tokens",
-        "max_failures_shown",
-        "max_feedback_chars",
-        "max_code_chars",
-    ):
-        if not isinstance(args[key], int) or args[key] < 1:
-            raise ValueError(f"{key} must be an int >= 1, got {args[key]!r}")
+    check_ints(
+        args,
+        (
+            "num_train",
+            "num_val",
+            "num_test",
+            "max_steps",
+            "max_constant",
+            "num_tests",
+            "max_action_tokens",
+            "max_failures_shown",
+            "max_feedback_chars",
+            "max_code_chars",
+        ),
+    )
     if args["max_constant"] < 2:
         raise ValueError(f"max_constant must be >= 2, got {args['max_constant']}")
     if (
@@ -497,21 +495,11 @@ def _check_args(args: dict[str, Any]) -> None:
         raise ValueError(
             f"num_examples must be an int in [0, num_tests], got {args['num_examples']!r}"
         )
-    for key in ("max_revisions", "cache_size"):
-        if not isinstance(args[key], int) or args[key] < 0:
-            raise ValueError(f"{key} must be an int >= 0, got {args[key]!r}")
-    for key in (
-        "guess_prob",
-        "fix_prob",
-        "mistake_prob",
-        "bundled_val_fraction",
-        "bundled_test_fraction",
-    ):
-        p = args[key]
-        if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"{key} must be in [0, 1], got {p!r}")
+    check_ints(args, ("max_revisions", "cache_size"), minimum=0)
+    check_probs(
+        args,
+        ("guess_prob", "fix_prob", "mistake_prob", "bundled_val_fraction", "bundled_test_fraction"),
+    )
     if args["bundled_val_fraction"] + args["bundled_test_fraction"] >= 1.0:
         raise ValueError("bundled_val_fraction + bundled_test_fraction must be < 1")
-    for key in ("all_pass_bonus", "per_test_seconds"):
-        if not isinstance(args[key], (int, float)) or args[key] < 0:
-            raise ValueError(f"{key} must be a number >= 0, got {args[key]!r}")
+    check_numbers(args, ("all_pass_bonus", "per_test_seconds"))

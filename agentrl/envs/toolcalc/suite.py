@@ -22,17 +22,23 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from agentrl.envs.base import record_step, transcript
+from agentrl.envs.base import (
+    ERR_DONE,
+    SPLITS,
+    check_ints,
+    check_probs,
+    record_step,
+    render_episode,
+    split_tasks,
+)
 from agentrl.types import Task
 
 SYSTEM_PROMPT = "Use <calc>A op B</calc> one step a turn, then <answer>N</answer>."
 ERR_FORMAT = "error: expected <calc>A op B</calc> or <answer>N</answer>"
 ERR_CALC = "error: calc takes A op B, op one of + - *"
 ERR_ANSWER = "error: answer takes one integer"
-ERR_DONE = "error: episode is over"
 # the most digits a number in an action may have
 MAX_DIGITS = 6
-SPLITS = ("train", "val", "test")
 
 _OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 _INT = rf"-?[0-9]{{1,{MAX_DIGITS}}}"
@@ -137,15 +143,11 @@ class ToolCalcEnv:
 
     def render(self) -> str:
         """A readable transcript of the episode so far."""
-        if self.task is None:
-            return "(not started)"
-        lines = transcript(self.system_prompt, self.task.prompt, self.history)
-        if self.truncated:
-            lines.append(f"[truncated after {self.max_turns} turns]")
-        elif self.done:
-            verdict = "correct" if self.final_answer == self.task.answer else "wrong"
-            lines.append(f"[answer {self.final_answer}: {verdict}, expected {self.task.answer}]")
-        return "\n".join(lines)
+        return render_episode(self, self._verdict)
+
+    def _verdict(self) -> str:
+        verdict = "correct" if self.final_answer == self.task.answer else "wrong"
+        return f"[answer {self.final_answer}: {verdict}, expected {self.task.answer}]"
 
 
 class ToolCalc:
@@ -205,9 +207,7 @@ class ToolCalc:
 
     def tasks(self, split: str) -> list[Task]:
         """The tasks of ``split`` ("train", "val" or "test"), identical for a given seed."""
-        if split not in self._splits:
-            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        return list(self._splits[split])
+        return split_tasks(self._splits, split)
 
     def make(self) -> ToolCalcEnv:
         """A fresh episode env."""
@@ -261,9 +261,9 @@ class ToolCalc:
 
 
 def _check_args(args: dict[str, Any]) -> None:
-    for key in ("num_train", "num_val", "num_test", "max_ops", "max_operand", "max_action_tokens"):
-        if not isinstance(args[key], int) or args[key] < 1:
-            raise ValueError(f"{key} must be an int >= 1, got {args[key]!r}")
+    check_ints(
+        args, ("num_train", "num_val", "num_test", "max_ops", "max_operand", "max_action_tokens")
+    )
     if not isinstance(args["max_turns"], int) or args["max_turns"] < 1:
         raise ValueError(f"max_turns must be >= 1, got {args['max_turns']!r}")
     if args["max_turns"] < args["max_ops"] + 1:
@@ -276,10 +276,7 @@ def _check_args(args: dict[str, Any]) -> None:
         raise ValueError(
             f"max_value must be an int in [max_operand, {10**MAX_DIGITS - 1}], got {mv!r}"
         )
-    for key in ("mistake_prob", "guess_prob"):
-        p = args[key]
-        if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"{key} must be in [0, 1], got {p!r}")
+    check_probs(args, ("mistake_prob", "guess_prob"))
     prompt = args["system_prompt"]
     if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
         raise ValueError(f"system_prompt must be a non-empty string or null, got {prompt!r}")

@@ -22,7 +22,7 @@ whole process group) on every exit path.
 ``entry_point`` (``module:function``) instead runs ``function(task, base_url, api_key) ->
 reward`` in a pool of ``workers`` long-lived processes that import the agent once and serve many
 rollouts, each with the same environment, token, timeout and failure accounting
-(``agentrl/envs/external_workers.py``).
+(``agentrl/envs/external/workers.py``).
 
 Tasks, the warm start's demonstrations and the system prompt come from a task source suite
 (``tasks``, e.g. toolcalc): ``tasks``, ``make``, ``oracle`` and ``verify`` are delegated to it.
@@ -119,7 +119,7 @@ class ExternalAgent:
         self.stop_strings = list(tasks.stop_strings)
         self.pool = None
         if entry_point is not None:  # last: nothing after it can fail and leave it running
-            from agentrl.envs.external_workers import WorkerPool
+            from agentrl.envs.external.workers import WorkerPool
 
             self.pool = WorkerPool(str(entry_point), int(workers), cwd, self.timeout_s)
             self.pool.start()
@@ -295,7 +295,7 @@ class ExternalRunner:
         return record, payload, env
 
     def _job(self, gw: Gateway, index: int, task: Task, group: int):
-        from agentrl.envs.external_workers import Job
+        from agentrl.envs.external.workers import Job
 
         record, payload, env = self._open(gw, index, task)
         message = {

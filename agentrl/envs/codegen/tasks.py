@@ -16,10 +16,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from agentrl.envs.codegen_problems import PROBLEMS
+from agentrl.envs.base import SPLITS
+from agentrl.envs.codegen.problems import PROBLEMS
 from agentrl.types import Task
 
-SPLITS = ("train", "val", "test")
 # op -> (the words of the spec, the smallest constant)
 STEP_OPS = {
     "+": ("add {k}", 1),
