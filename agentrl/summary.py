@@ -1,119 +1,18 @@
 """The lines a run ends with: held-out success at the start and the end of RL and the best (with
-its RL step), where the run's files are, the command that evaluates it on the test split, and the
-wall time. ``RunSummary`` (conf/callbacks/default.yaml) logs them once, on rank 0."""
+its RL step), where the run's files are, the command that evaluates it on the test split (on the
+run's own env and settings: evaluate.py reads them from the run dir), and the wall time. ``RunSummary`` (conf/callbacks/default.yaml) logs them once, on rank 0."""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shlex
 import time
 from pathlib import Path
 
 import lightning as L
-from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
-
-
-def hydra_value(value) -> str:
-    """``value`` in Hydra's override grammar (strings quoted where the grammar needs it)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
-    text = str(value)
-    plain = re.fullmatch(r"[A-Za-z_][\w./-]*", text)
-    if plain and text.lower() not in ("null", "true", "false", "nan", "inf"):
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _leaves(node: dict, prefix: str = "") -> dict:
-    """Dotted key -> value of every leaf; a list (or an empty dict) is one leaf."""
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict) and value:
-            out.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def suite_overrides(name: str, run_env: dict, base: dict) -> list[str]:
-    """The overrides that make suite ``name``, which starts as ``base``, the run's env ``run_env``
-    (both unresolved containers)."""
-    run, default = _leaves(run_env), _leaves(base)
-
-    def holds(key: str, keys) -> bool:  # key is a dict with some of keys under it
-        return any(k.startswith(f"{key}.") for k in keys)
-
-    out = []
-    for key, value in run.items():
-        if key in default:
-            if default[key] != value:
-                out.append(f"suites.{name}.{key}={hydra_value(value)}")
-        elif not holds(key, default):  # an emptied dict is its keys removed (below)
-            out.append(f"+suites.{name}.{key}={hydra_value(value)}")
-    out += [f"~suites.{name}.{key}" for key in default if key not in run and not holds(key, run)]
-    return out
-
-
-def evaluate_command(
-    run_dir: str, env_choice: str, run_env: dict, env_default: dict, suites: dict
-) -> str:
-    """``python evaluate.py run_dir=<run_dir>`` with the suite settings that evaluate the run's own
-    env: ``suites`` are evaluate.py's default suites (name -> env config), ``env_default`` is the
-    env option ``env_choice`` as composed without the run's overrides."""
-    args = [f"run_dir={run_dir}"]
-    args += [f"~suites.{name}" for name in suites if name != env_choice]
-    if env_choice not in suites:
-        args.append(f"+env@suites.{env_choice}={env_choice}")
-    args += suite_overrides(env_choice, run_env, suites.get(env_choice) or env_default)
-    return "python evaluate.py " + " ".join(shlex.quote(a) for a in args)
-
-
-def evaluate_command_for_run(run_dir: str, shown_dir: str) -> str:
-    """The test-split command of the Hydra run in ``run_dir``: the run's env (its recorded config
-    and group choice) against evaluate.py's default suites, both composed with Hydra's compose
-    API. Without a Hydra run to read, the plain command."""
-    plain = f"python evaluate.py run_dir={shlex.quote(shown_dir)}"
-    try:
-        from hydra import compose
-        from hydra.core.global_hydra import GlobalHydra
-        from hydra.core.hydra_config import HydraConfig
-
-        recorded = Path(run_dir) / ".hydra" / "config.yaml"
-        if not (HydraConfig.initialized() and GlobalHydra.instance().is_initialized()):
-            return plain
-        if not recorded.is_file():
-            return plain
-        choice = HydraConfig.get().runtime.choices.get("env")
-        run_env = OmegaConf.load(recorded).get("env")
-        if choice is None or run_env is None:
-            return plain
-        evaluate_cfg = compose(config_name="evaluate")
-        env_cfg = compose(
-            config_name=HydraConfig.get().job.config_name, overrides=[f"env={choice}"]
-        )
-    except Exception as exc:  # a summary line is never worth a failed run
-        log.debug("no evaluate.py suite settings for %s: %s", run_dir, exc)
-        return plain
-    raw = {"resolve": False}
-    return evaluate_command(
-        shown_dir,
-        choice,
-        OmegaConf.to_container(run_env, **raw),
-        OmegaConf.to_container(env_cfg.env, **raw),
-        OmegaConf.to_container(evaluate_cfg.get("suites") or {}, **raw),
-    )
 
 
 def shown_path(path: str | Path) -> str:
@@ -211,6 +110,7 @@ class RunSummary(L.Callback):
         if samples is not None and samples.dirpath.is_dir():
             files = ", ".join(sorted(p.name for p in samples.dirpath.glob("*.jsonl")))
             lines.append(f"  sample trajectories: {shown_path(samples.dirpath)} ({files})")
-        command = evaluate_command_for_run(self.run_dir, shown_path(self.run_dir))
+        # evaluate.py evaluates a run dir on the run's own env (agentrl/evaluation/run_env.py)
+        command = f"python evaluate.py run_dir={shlex.quote(shown_path(self.run_dir))}"
         lines.append(f"  next, the test split: {command}")
         return lines

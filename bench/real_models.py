@@ -1,8 +1,8 @@
 """The real-model recipes across seeds: one curve and one table from finished, evaluated runs.
 
     python launch.py experiment=smollm2_toolcalc seed=S hydra.run.dir=outputs/smollm2_toolcalc/seedS
-    python evaluate.py run_dir=outputs/smollm2_toolcalc/seedS suites.toolcalc.max_ops=3 \\
-        suites.toolcalc.left_to_right=false          # the test split, baseline + every checkpoint
+    python evaluate.py run_dir=outputs/smollm2_toolcalc/seedS   # the test split of the run's own
+                                                                # env settings, baseline + checkpoints
     python bench/real_models.py outputs/smollm2_toolcalc/seed* --save bench/results/smollm2_toolcalc \\
         --png docs/smollm2_toolcalc_curve.png
 

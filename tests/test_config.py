@@ -96,6 +96,18 @@ def test_experiments_and_debug_options_compose(make_cfg, group, name):
             continue  # _self_, or another option of the group it builds on (tested on its own)
         for key, option in entry.items():
             chosen = key.removeprefix("override /")
+            if chosen.startswith("recipe"):
+                # a recipe (`# @package _global_`): its values hold where the option sets none
+                recipe = (
+                    OmegaConf.create()
+                    if option is None
+                    else OmegaConf.load(CONF / chosen / f"{option}.yaml")
+                )
+                composed = _leaves(OmegaConf.to_container(cfg))
+                for path, value in _leaves(OmegaConf.to_container(recipe)).items():
+                    if path not in _leaves(OmegaConf.to_container(raw)):
+                        assert composed.get(path) == value, f"{key}: {option}: {path}"
+                continue
             picked = OmegaConf.to_container(OmegaConf.load(CONF / chosen / f"{option}.yaml"))
             picked.pop("defaults", None)  # an option built on another (trainer=ddp_gpu on ddp)
             if "_target_" in picked:

@@ -1,98 +1,12 @@
-"""The run summary (agentrl/summary.py): the test-split command reproduces the run's env as an
-evaluate.py suite, the success line reads the validations right, and the lines name the files."""
+"""The run summary (agentrl/summary.py): the success line reads the validations right, and the
+lines name the files and the test-split command."""
 
 from __future__ import annotations
 
 import logging
-import shlex
 from types import SimpleNamespace
 
-import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
-
-from agentrl.summary import (
-    RunSummary,
-    duration,
-    evaluate_command,
-    hydra_value,
-    success_line,
-    suite_overrides,
-)
-from tests.conftest import CONF
-
-RAW = {"resolve": False}
-
-
-@pytest.fixture
-def hydra_conf():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
-
-
-def env_of(*overrides: str) -> dict:
-    return OmegaConf.to_container(compose("train", overrides=list(overrides)).env, **RAW)
-
-
-@pytest.mark.parametrize(
-    "choice,overrides",
-    [
-        ("toolcalc", []),
-        # the README's SmolLM2 test command: suites.toolcalc.max_ops=3 ...left_to_right=false
-        ("toolcalc", ["env.max_ops=3", "env.left_to_right=false"]),
-        ("webnav", ["env=webnav", "env.buy_prob=0", "env.max_turns=6"]),
-        ("reasoning_gym", ["env=reasoning_gym", "env.system_prompt='Use calc, then answer.'"]),
-        # a dataset config dict, added to the default {}
-        ("reasoning_gym", ["experiment=reasoning_gym_grpo"]),
-        ("external", ["env=external", "env.command='python examples/a.py --x \"y z\"'"]),
-        ("webnav", ["experiment=webnav_grpo"]),
-    ],
-)
-def test_the_command_gives_evaluate_py_the_run_env_as_its_only_suite(hydra_conf, choice, overrides):
-    run_env = env_of(*overrides)
-    suites = OmegaConf.to_container(compose("evaluate").suites, **RAW)
-    command = evaluate_command("outputs/a b", choice, run_env, env_of(f"env={choice}"), suites)
-    words = shlex.split(command)
-    assert words[:3] == ["python", "evaluate.py", "run_dir=outputs/a b"]
-    # what evaluate.py composes from those words is the run's env, and nothing else
-    evaluated = compose("evaluate", overrides=words[3:])
-    assert OmegaConf.to_container(evaluated.suites, **RAW) == {choice: run_env}
-
-
-def test_the_default_run_needs_no_suite_setting(hydra_conf):
-    suites = OmegaConf.to_container(compose("evaluate").suites, **RAW)
-    env = env_of("env=toolcalc")
-    assert evaluate_command("out", "toolcalc", env, env, suites) == "python evaluate.py run_dir=out"
-
-
-def test_overrides_add_change_and_remove_keys_at_any_depth():
-    base = {"a": 1, "b": {"x": 1, "y": 2}, "c": {}, "d": [1]}
-    run = {"a": 2, "b": {}, "c": {"z": 3}, "d": [1], "e": "new"}
-    assert suite_overrides("s", run, base) == [
-        "suites.s.a=2",
-        "+suites.s.c.z=3",
-        "+suites.s.e=new",
-        "~suites.s.b.x",
-        "~suites.s.b.y",
-    ]
-
-
-def test_hydra_values():
-    assert [hydra_value(v) for v in (None, True, 3, 0.5, "abc", "a b", "null", 'say "x"')] == [
-        "null",
-        "true",
-        "3",
-        "0.5",
-        "abc",
-        '"a b"',
-        '"null"',
-        '"say \\"x\\""',
-    ]
-    assert hydra_value(["+", "-"]) == '["+","-"]'
-    assert hydra_value({"a": 1, "b": [2]}) == "{a:1,b:[2]}"
+from agentrl.summary import RunSummary, duration, success_line
 
 
 def val(step, success, fit=True):
@@ -177,7 +91,7 @@ def test_the_lines_name_what_the_run_wrote(tmp_path, monkeypatch, caplog):
         "  exported policy (transformers): run/export",
         "  learning curve: run/curve.png",
         "  sample trajectories: run/samples (val.jsonl)",
-        # no Hydra run here: the plain command
+        # evaluate.py evaluates a run dir on the run's own env (tests/evaluation/test_run_env.py)
         "  next, the test split: python evaluate.py run_dir=run",
     ]
     caplog.clear()

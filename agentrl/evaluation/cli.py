@@ -30,6 +30,7 @@ from agentrl.evaluation.episodes import (
 from agentrl.evaluation.outputs import Evaluation, capability_png, compare, trajectory_records
 from agentrl.evaluation.outputs import write_all as write_outputs
 from agentrl.evaluation.policies import Policies, resolve_device
+from agentrl.evaluation.run_env import with_run_env
 from agentrl.evaluation.sources import Candidate, EvalError, discover, load_run_config
 from agentrl.evaluation.stats import episode_summary, z_value
 from agentrl.evaluation.tracking import check_log_to, log_evaluation
@@ -204,6 +205,7 @@ def evaluate(cfg: DictConfig) -> Evaluation:
     """Evaluate, write the outputs, and return what was found (raises EvalError on bad input)."""
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
+    cfg = with_run_env(cfg)
     plan = Plan(cfg)
     try:
         return _evaluate(cfg, plan)

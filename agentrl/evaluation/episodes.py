@@ -149,12 +149,10 @@ def env_mismatch(suites_cfg: DictConfig, run_env_cfg: DictConfig | None, run_dir
     targets = {node.get("_target_") for node in suites_cfg.values() if node is not None}
     if target is None or target in targets:
         return ""
-    name = str(target).rsplit(".", 1)[-1].lower()
-    drop = " (and '~suites.toolcalc' to drop the default suite)" if "toolcalc" in suites_cfg else ""
     return (
         f"the run {run_dir} trained on {target}, which no suite evaluates (suites: "
-        f"{', '.join(map(str, suites_cfg))}); for its own env add +env@suites.{name}={name} with "
-        f"the run's env settings{drop}"
+        f"{', '.join(map(str, suites_cfg))}); run_env=true (or no suite settings on the command "
+        "line) evaluates the run's own env with its settings"
     )
 
 

@@ -76,15 +76,20 @@ def load_run_config(run_dir: str | Path) -> DictConfig | None:
     return cfg
 
 
-def _hydra_cwd(run_dir: Path) -> str | None:
-    path = run_dir / ".hydra" / "hydra.yaml"
+def hydra_runtime(run_dir: str | Path) -> dict:
+    """``hydra.runtime`` of a run's ``.hydra/hydra.yaml`` (cwd, group choices...); {} without one."""
+    path = Path(run_dir) / ".hydra" / "hydra.yaml"
     if not path.is_file():
-        return None
+        return {}
     try:
         runtime = (yaml.safe_load(path.read_text()) or {}).get("hydra", {}).get("runtime", {})
     except yaml.YAMLError:
-        return None
-    return runtime.get("cwd")
+        return {}
+    return runtime if isinstance(runtime, dict) else {}
+
+
+def _hydra_cwd(run_dir: Path) -> str | None:
+    return hydra_runtime(run_dir).get("cwd")
 
 
 def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:

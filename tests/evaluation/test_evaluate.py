@@ -196,7 +196,7 @@ def test_a_run_of_another_env_than_the_suites_is_flagged(fake_run, eval_cfg, tmp
     OmegaConf.save(saved, run / ".hydra" / "config.yaml")
     ev = evaluate(eval_cfg(f"run_dir={run}", "baseline=false", f"output_dir={tmp_path / 'o'}"))
     (note,) = [n for n in ev.notes if "no suite evaluates" in n]
-    assert "agentrl.envs.webnav.WebNav" in note and "+env@suites.webnav=webnav" in note
+    assert "agentrl.envs.webnav.WebNav" in note and "run_env=true" in note
     doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert note in doc["notes"]
     mine = fake_run(name="toolcalc_run", steps={"last": 2})
