@@ -104,6 +104,7 @@ def main() -> None:
     rows = []
     for name in args.models:
         rows += bench_model(name, args.cache, args.max_tokens, args.repeats)
+        print(f"{name}: {rows[-4:]}", flush=True)  # so far, in case the rest takes too long
     print(
         f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     )
