@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import json
 import logging
 import re
@@ -146,20 +147,17 @@ class Handler(BaseHTTPRequestHandler):
             elif method == "POST" and path == "/v1/chat/completions":
                 body = self._body()
                 gw.count("requests")
-                result = gw.submit(body, rollout)
                 if body.get("stream"):
-                    self._stream(result, body)
+                    self._stream(gw.stream(body, rollout), body)
                 else:
-                    result.pop("_token_texts", None)
-                    self._json(200, result)
+                    self._json(200, gw.submit(body, rollout))
             elif method == "POST" and path == "/v1/responses":
                 body = self._body()
                 gw.count("requests")
-                response, events = gw.create_response(body, rollout)
                 if body.get("stream"):
-                    self._events(events)
+                    self._events(gw.stream_response(body, rollout))
                 else:
-                    self._json(200, response)
+                    self._json(200, gw.create_response(body, rollout))
             elif method == "POST" and path == "/reward" and self.path.startswith("/rollouts/"):
                 # only on the rollout's own path, with its own token (its program's)
                 if owner is not rollout:
@@ -272,10 +270,14 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _chunk(self, obj) -> None:
-        data = ("data: " + (obj if isinstance(obj, str) else json.dumps(obj)) + "\n\n").encode()
+    def _send_event(self, text: str) -> None:
+        """One server-sent event, as one HTTP chunk, sent at once."""
+        data = text.encode()
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+
+    def _chunk(self, obj) -> None:
+        self._send_event("data: " + (obj if isinstance(obj, str) else json.dumps(obj)) + "\n\n")
 
     def _start_events(self) -> None:
         """The headers of a server-sent event stream (chunked), for both APIs."""
@@ -286,37 +288,68 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
 
-    def _events(self, events: list[tuple[str, dict]]) -> None:
-        """The Responses API's server-sent events (``event:`` and ``data:`` lines), then the end
-        of the stream (no ``[DONE]``). Sent once the turn is generated, as ``_stream``."""
-        self._start_events()
-        for kind, payload in events:
-            data = f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
-            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+    def _end_events(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
-    def _stream(self, result: dict, body: dict) -> None:
-        """Server-sent events in OpenAI's chunk format. The engine returns a whole generation, so
-        the chunks are sent once it is done: one per generated token of plain content."""
+    def _failed_midway(self, exc: HTTPError, event: str | None) -> None:
+        """An error after the stream began (the engine failed, the time ran out): an error event
+        (OpenAI's clients raise it), then the end of the stream and of the connection."""
+        log.warning("gateway: a stream ended early: %s", exc.message)
+        error = {"message": exc.message, "type": exc.kind}
+        if event is None:
+            self._chunk({"error": error})
+        else:
+            payload = {"type": "error", "code": exc.kind, "message": exc.message, "param": None}
+            self._send_event(f"event: {event}\ndata: {json.dumps(payload)}\n\n")
+        self._end_events()
+        self.close_connection = True
+
+    def _events(self, events) -> None:
+        """The Responses API's server-sent events (``event:`` and ``data:`` lines) as the turn is
+        generated, then the end of the stream (no ``[DONE]``). A refused request raises before
+        anything is sent: a plain error answer."""
+        events = iter(events)
+        first = next(events)
         self._start_events()
-        choice = result["choices"][0]
-        message = choice["message"]
-        head = {k: result[k] for k in ("id", "created", "model")}
+        try:
+            for kind, payload in itertools.chain([first], events):
+                self._send_event(f"event: {kind}\ndata: {json.dumps(payload)}\n\n")
+        except HTTPError as exc:
+            self._failed_midway(exc, "error")
+            return
+        self._end_events()
+
+    def _stream(self, events, body: dict) -> None:
+        """Server-sent events in OpenAI's chunk format, each piece of text as soon as the engine
+        generated it (``Gateway.stream``): the role, the content, then the tool calls, the finish
+        reason, the usage when asked, ``[DONE]``. A refused request raises before anything is
+        sent: a plain error answer."""
+        events = iter(events)
+        _, head = next(events)
 
         def chunk(delta: dict, finish=None, logprobs=None) -> dict:
             c = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
             return {**head, "object": "chat.completion.chunk", "choices": [c]}
 
+        self._start_events()
         self._chunk(chunk({"role": "assistant", "content": ""}))
-        pieces = result["_token_texts"]
-        if message.get("tool_calls") or "".join(pieces) != (message["content"] or ""):
-            pieces = [message["content"]] if message["content"] else []
-        lps = (choice["logprobs"] or {}).get("content") or []
-        for n, piece in enumerate(pieces):
-            lp = {"content": [lps[n]]} if len(lps) == len(pieces) and lps else None
-            self._chunk(chunk({"content": piece}, logprobs=lp))
-        for i, call in enumerate(message.get("tool_calls") or []):
+        try:
+            for kind, *payload in events:
+                if kind == "text":
+                    delta, entries = payload
+                    self._chunk(
+                        chunk(
+                            {"content": delta}, logprobs={"content": entries} if entries else None
+                        )
+                    )
+                else:
+                    result = payload[0]
+        except HTTPError as exc:
+            self._failed_midway(exc, None)
+            return
+        choice = result["choices"][0]
+        for i, call in enumerate(choice["message"].get("tool_calls") or []):
             self._chunk(chunk({"tool_calls": [{"index": i, **call}]}))
         self._chunk(chunk({}, finish=choice["finish_reason"]))
         if (body.get("stream_options") or {}).get("include_usage"):
@@ -324,5 +357,4 @@ class Handler(BaseHTTPRequestHandler):
                 {**head, "object": "chat.completion.chunk", "choices": [], "usage": result["usage"]}
             )
         self._chunk("[DONE]")
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+        self._end_events()

@@ -6,7 +6,8 @@ first, input items -> messages, function tools -> chat tools, ``max_output_token
 generation, sampling rules and token-exact record, so a Responses conversation whose prompts
 extend each other merges into one sequence exactly as a chat one does. The chat result is then
 converted back: a ``message`` item with ``output_text`` and one ``function_call`` item per tool
-call.
+call. A streamed request is read through ``Gateway.stream``: its events (``EventStream``) are
+built as the text is generated.
 
 Each answered response is kept with its conversation (the input messages, history included, and
 the assistant's answer; not the instructions, which OpenAI does not carry over either), per rollout
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from agentrl.gateway.handler import HTTPError
@@ -214,8 +216,48 @@ def to_chat(body: dict, history: list[dict]) -> tuple[dict, list[dict]]:
 
 
 # ------------------------------------------------------------------------ chat -> response
-def to_response(body: dict, result: dict) -> dict:
-    """The Responses object of a chat-completions result."""
+def _envelope(body: dict, ident: dict) -> dict:
+    """The fields of a response that do not depend on its output (``ident``: ``id``,
+    ``created_at``, ``model``, ``message_id``)."""
+    return {
+        "id": ident["id"],
+        "object": "response",
+        "created_at": ident["created_at"],
+        "completed_at": None,
+        "status": "in_progress",
+        "model": ident["model"],
+        "output": [],
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "previous_response_id": body.get("previous_response_id"),
+        "tools": body.get("tools") or [],
+        "tool_choice": body.get("tool_choice") or "auto",
+        "parallel_tool_calls": True,
+        "temperature": body.get("temperature"),
+        "top_p": body.get("top_p"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "metadata": body.get("metadata") or {},
+        "text": {"format": {"type": "text"}},
+        "truncation": "disabled",
+        "usage": None,
+    }
+
+
+def _ident(head: dict) -> dict:
+    """A new response's ids, from its chat completion's ``id``, ``created`` and ``model``."""
+    return {
+        "id": _new_id("resp"),
+        "created_at": head["created"],
+        "model": head["model"],
+        "message_id": _new_id("msg"),
+    }
+
+
+def to_response(body: dict, result: dict, ident: dict | None = None) -> dict:
+    """The Responses object of a chat-completions result (``ident``: its ids; new ones when not
+    given)."""
+    ident = ident or _ident(result)
     choice = result["choices"][0]
     message = choice["message"]
     incomplete = choice["finish_reason"] == "length"
@@ -232,7 +274,7 @@ def to_response(body: dict, result: dict) -> dict:
         }
         output.append(
             {
-                "id": _new_id("msg"),
+                "id": ident["message_id"],
                 "type": "message",
                 "role": "assistant",
                 "status": status,
@@ -252,26 +294,11 @@ def to_response(body: dict, result: dict) -> dict:
         )
     usage = result["usage"]
     return {
-        "id": _new_id("resp"),
-        "object": "response",
-        "created_at": result["created"],
+        **_envelope(body, ident),
         "completed_at": int(time.time()),
         "status": status,
-        "model": result["model"],
         "output": output,
-        "error": None,
         "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
-        "instructions": body.get("instructions"),
-        "previous_response_id": body.get("previous_response_id"),
-        "tools": body.get("tools") or [],
-        "tool_choice": body.get("tool_choice") or "auto",
-        "parallel_tool_calls": True,
-        "temperature": body.get("temperature"),
-        "top_p": body.get("top_p"),
-        "max_output_tokens": body.get("max_output_tokens"),
-        "metadata": body.get("metadata") or {},
-        "text": {"format": {"type": "text"}},
-        "truncation": "disabled",
         "usage": {
             "input_tokens": usage["prompt_tokens"],
             "input_tokens_details": {"cached_tokens": 0},
@@ -282,10 +309,8 @@ def to_response(body: dict, result: dict) -> dict:
     }
 
 
-def create(submit, body: dict, rollout, store: dict, lock) -> tuple[dict, list[str]]:
-    """Serve one Responses request through ``submit`` (``Gateway.submit``); (the response, the
-    text of each generated token, for streaming). Keeps the response in ``store`` (guarded by
-    ``lock``) for ``previous_response_id``."""
+def _prepare(body: dict, rollout, store: dict, lock) -> tuple[dict, list[dict]]:
+    """(the chat body, the conversation): ``previous_response_id``'s history, then ``to_chat``."""
     history: list[dict] = []
     prev = body.get("previous_response_id")
     if prev is not None:
@@ -295,9 +320,11 @@ def create(submit, body: dict, rollout, store: dict, lock) -> tuple[dict, list[s
             scope = f"rollout {rollout.id!r}" if rollout else "the gateway (no rollout)"
             raise _bad(f"previous_response_id {prev!r}: no such response in {scope}")
         history = found
-    chat, conversation = to_chat(body, history)
-    result = submit(chat, rollout)
-    response = to_response(body, result)
+    return to_chat(body, history)
+
+
+def _keep(response: dict, result: dict, conversation: list[dict], rollout, store, lock) -> None:
+    """Keep the response's conversation in ``store`` for ``previous_response_id``."""
     message = result["choices"][0]["message"]
     answer = {"role": "assistant", "content": message.get("content")}
     if message.get("tool_calls"):
@@ -306,65 +333,130 @@ def create(submit, body: dict, rollout, store: dict, lock) -> tuple[dict, list[s
         store[response["id"]] = [*conversation, answer]
         while rollout is None and len(store) > MAX_UNATTRIBUTED:
             store.pop(next(iter(store)))
-    return response, result["_token_texts"]
+
+
+def create(submit, body: dict, rollout, store: dict, lock) -> dict:
+    """Serve one Responses request through ``submit`` (``Gateway.submit``). Keeps the response
+    in ``store`` (guarded by ``lock``) for ``previous_response_id``."""
+    chat, conversation = _prepare(body, rollout, store, lock)
+    result = submit(chat, rollout)
+    response = to_response(body, result)
+    _keep(response, result, conversation, rollout, store, lock)
+    return response
+
+
+def stream(read, body: dict, rollout, store: dict, lock) -> Iterator[tuple[str, dict]]:
+    """Serve one streamed Responses request through ``read`` (``Gateway.stream``): its events
+    (type, payload) as the text is generated. Bad input raises before the first event."""
+    chat, conversation = _prepare(body, rollout, store, lock)
+    events = EventStream(body)
+    for kind, *payload in read(chat, rollout):
+        if kind == "start":
+            yield from events.start(payload[0])
+        elif kind == "text":
+            yield from events.text(payload[0])
+        else:
+            response = to_response(body, payload[0], events.ident)
+            _keep(response, payload[0], conversation, rollout, store, lock)
+            yield from events.finish(response)
 
 
 # ------------------------------------------------------------------------ streaming
-def events(response: dict, token_texts: list[str]) -> list[tuple[str, dict]]:
-    """The Responses stream of a finished response: (event type, payload) in OpenAI's order. The
-    text goes one generated token per delta when the tokens spell it, else in one delta."""
-    out: list[tuple[str, dict]] = []
+class EventStream:
+    """The Responses stream of one response, in OpenAI's order, built as the text arrives:
+    ``response.created``, ``response.in_progress``; the message item (``output_item.added``,
+    ``content_part.added``) with the first text, then one ``output_text.delta`` per piece of text;
+    at the end the rest of the message item's events (or all of them, when no text came before
+    the end), one set per function call, and ``response.completed`` (or ``.incomplete``)."""
 
-    def emit(kind: str, **payload) -> None:
-        out.append((kind, {"type": kind, "sequence_number": len(out), **payload}))
+    def __init__(self, body: dict):
+        self.body = body
+        self.ident: dict = {}
+        self.count = 0
+        self.opened = False  # the message item was announced
 
-    pending = {**response, "status": "in_progress", "output": [], "usage": None}
-    pending["incomplete_details"] = None
-    emit("response.created", response=pending)
-    emit("response.in_progress", response=pending)
-    for n, item in enumerate(response["output"]):
-        at = {"item_id": item["id"], "output_index": n}
-        if item["type"] == "message":
-            part = item["content"][0]
-            emit(
-                "response.output_item.added",
-                output_index=n,
-                item={**item, "status": "in_progress", "content": []},
-            )
-            empty = {**part, "text": "", "logprobs": []}
-            emit("response.content_part.added", **at, content_index=0, part=empty)
-            pieces = token_texts if "".join(token_texts) == part["text"] else [part["text"]]
-            for piece in pieces:
-                if piece:
-                    emit(
-                        "response.output_text.delta",
+    def _event(self, kind: str, **payload) -> tuple[str, dict]:
+        self.count += 1
+        return kind, {"type": kind, "sequence_number": self.count - 1, **payload}
+
+    def start(self, head: dict) -> list[tuple[str, dict]]:
+        """head: the chat completion's ``id``, ``created``, ``model``."""
+        self.ident = _ident(head)
+        pending = _envelope(self.body, self.ident)
+        return [
+            self._event("response.created", response=pending),
+            self._event("response.in_progress", response=pending),
+        ]
+
+    def _open(self) -> list[tuple[str, dict]]:
+        self.opened = True
+        item = {
+            "id": self.ident["message_id"],
+            "type": "message",
+            "role": "assistant",
+            "status": "in_progress",
+            "content": [],
+        }
+        empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        return [
+            self._event("response.output_item.added", output_index=0, item=item),
+            self._event(
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=0,
+                content_index=0,
+                part=empty,
+            ),
+        ]
+
+    def text(self, delta: str) -> list[tuple[str, dict]]:
+        if not delta:
+            return []
+        out = [] if self.opened else self._open()
+        at = {"item_id": self.ident["message_id"], "output_index": 0, "content_index": 0}
+        out.append(self._event("response.output_text.delta", **at, delta=delta, logprobs=[]))
+        return out
+
+    def finish(self, response: dict) -> list[tuple[str, dict]]:
+        out: list[tuple[str, dict]] = []
+        for n, item in enumerate(response["output"]):
+            at = {"item_id": item["id"], "output_index": n}
+            if item["type"] == "message":
+                part = item["content"][0]
+                if not self.opened:
+                    out += self._open()
+                    out += self.text(part["text"])
+                out.append(
+                    self._event(
+                        "response.output_text.done",
                         **at,
                         content_index=0,
-                        delta=piece,
-                        logprobs=[],
+                        text=part["text"],
+                        logprobs=part["logprobs"],
                     )
-            emit(
-                "response.output_text.done",
-                **at,
-                content_index=0,
-                text=part["text"],
-                logprobs=part["logprobs"],
-            )
-            emit("response.content_part.done", **at, content_index=0, part=part)
-        else:
-            emit(
-                "response.output_item.added",
-                output_index=n,
-                item={**item, "status": "in_progress", "arguments": ""},
-            )
-            emit("response.function_call_arguments.delta", **at, delta=item["arguments"])
-            emit(
-                "response.function_call_arguments.done",
-                **at,
-                name=item["name"],
-                arguments=item["arguments"],
-            )
-        emit("response.output_item.done", output_index=n, item=item)
-    final = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
-    emit(final, response=response)
-    return out
+                )
+                out.append(
+                    self._event("response.content_part.done", **at, content_index=0, part=part)
+                )
+            else:
+                added = {**item, "status": "in_progress", "arguments": ""}
+                out.append(self._event("response.output_item.added", output_index=n, item=added))
+                out.append(
+                    self._event(
+                        "response.function_call_arguments.delta", **at, delta=item["arguments"]
+                    )
+                )
+                out.append(
+                    self._event(
+                        "response.function_call_arguments.done",
+                        **at,
+                        name=item["name"],
+                        arguments=item["arguments"],
+                    )
+                )
+            out.append(self._event("response.output_item.done", output_index=n, item=item))
+        final = (
+            "response.incomplete" if response["status"] == "incomplete" else "response.completed"
+        )
+        out.append(self._event(final, response=response))
+        return out

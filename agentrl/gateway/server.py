@@ -18,6 +18,14 @@ batches of up to ``max_batch_size`` (requests with the same sampling settings to
 them and wakes the waiting request threads. Neither the engine nor the tokenizer is touched from
 any other thread. ``serve_in_thread`` runs ``pump`` on a thread of its own for standalone use.
 
+Streaming (``stream: true``, both APIs): an engine whose ``generate`` takes ``on_token`` (the HF
+engine) reports each token as its decoding loop samples it; the engine thread decodes it into the
+request's text (streaming.py) and queues the delta for the request's HTTP thread, which sends it
+at once. An engine without it (vLLM's offline ``LLM.generate``) returns whole turns: their tokens
+then go through the same decoding once the turn is done (a replay). Either way the record is the
+same as without streaming, and a client that goes away mid-stream changes nothing but its own
+answer: the engine thread never writes to a connection.
+
 Security: the server binds only to a loopback address unless ``allow_remote`` is set, answers
 only loopback peers unless ``allow_remote`` (403), and requires ``Authorization: Bearer <token>``
 on every route (401 otherwise): the run's token (random unless given; every route, but no reward)
@@ -29,7 +37,9 @@ Tokens are never logged.
 
 from __future__ import annotations
 
+import functools
 import hmac
+import inspect
 import logging
 import math
 import queue
@@ -38,7 +48,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from http.server import ThreadingHTTPServer
 from typing import Any
@@ -48,6 +58,7 @@ import torch
 from agentrl.gateway import responses
 from agentrl.gateway.handler import Handler, HTTPError, is_loopback
 from agentrl.gateway.record import CallRecord, RolloutRecord
+from agentrl.gateway.streaming import Stream, TextStream
 from agentrl.gateway.toolcalls import TagFormat
 from agentrl.rollout.engine import SamplingParams
 
@@ -72,6 +83,18 @@ class _Pending:
     prompt_ids: list[int] | None = None
     params: SamplingParams | None = None
     tools: list | None = None
+    # streamed requests: the events the HTTP thread reads, the text decoded so far
+    stream: Stream | None = None
+    text: TextStream | None = None
+    # the answer's id ("chatcmpl-<n>") and creation time, given when its generation starts
+    number: int = 0
+    created: int = 0
+
+    def fail(self, error: HTTPError) -> None:
+        self.error = error
+        self.done.set()
+        if self.stream is not None:
+            self.stream.put("error", error)
 
 
 class Gateway:
@@ -221,8 +244,7 @@ class Gateway:
                 p = self._queue.get_nowait()
             except queue.Empty:
                 break
-            p.error = HTTPError(503, "the gateway is shutting down", "server_error")
-            p.done.set()
+            p.fail(HTTPError(503, "the gateway is shutting down", "server_error"))
 
     def __enter__(self) -> Gateway:
         return self.start()
@@ -280,14 +302,26 @@ class Gateway:
             raise p.error
         return p.result
 
-    def create_response(
-        self, body: dict, rollout: RolloutRecord | None
-    ) -> tuple[dict, list[tuple[str, dict]]]:
-        """One Responses request (called on an HTTP thread): the response and, when the request
-        streams, its events (responses.py); generated through ``submit`` like a chat one."""
+    def stream(self, body: dict, rollout: RolloutRecord | None) -> Iterator[tuple]:
+        """Queue one completion and read it as it is generated (called on an HTTP thread):
+        ``("start", head)`` (head: the answer's ``id``, ``created``, ``model``), ``("text",
+        delta, logprob entries)`` while it is generated, last ``("result", result)`` (the
+        non-streamed answer). A refused request raises its HTTPError before ``start``."""
+        p = _Pending(body, rollout, threading.Event(), stream=Stream())
+        self._queue.put(p)
+        return p.stream.read(self.request_timeout_s)
+
+    def create_response(self, body: dict, rollout: RolloutRecord | None) -> dict:
+        """One Responses request (called on an HTTP thread), generated through ``submit`` like a
+        chat one (responses.py)."""
         store, lock = (rollout.responses, rollout.lock) if rollout else (self.responses, self._lock)
-        response, texts = responses.create(self.submit, body, rollout, store, lock)
-        return response, (responses.events(response, texts) if body.get("stream") else [])
+        return responses.create(self.submit, body, rollout, store, lock)
+
+    def stream_response(self, body: dict, rollout: RolloutRecord | None) -> Iterator[tuple]:
+        """One streamed Responses request: its (event type, payload) as the text is generated,
+        read through ``stream`` like a chat one."""
+        store, lock = (rollout.responses, rollout.lock) if rollout else (self.responses, self._lock)
+        return responses.stream(self.stream, body, rollout, store, lock)
 
     def report(self, rollout: RolloutRecord, body: dict) -> None:
         """Take the rollout's reward: a finite number in [min_reward, max_reward], once."""
@@ -341,11 +375,9 @@ class Gateway:
                 self._prepare(p)
                 ready.append(p)
             except HTTPError as exc:
-                p.error = exc
-                p.done.set()
+                p.fail(exc)
             except Exception as exc:  # a template or tokenizer error on odd input
-                p.error = HTTPError(400, f"cannot render the messages: {type(exc).__name__}: {exc}")
-                p.done.set()
+                p.fail(HTTPError(400, f"cannot render the messages: {type(exc).__name__}: {exc}"))
         while ready:
             params = ready[0].params
             same = [p for p in ready if p.params == params]
@@ -361,20 +393,64 @@ class Gateway:
             else:
                 indices.append(p.rollout.requests)
                 p.rollout.requests += 1
+        self._start(batch)
         gen = None
         if self.generator_fn is not None and batch[0].rollout is not None:
             gen = self.generator_fn(batch[0].rollout.id, indices[0])
+        # the engine reports tokens as they are sampled (else streamed turns are replayed)
+        live = any(p.text is not None for p in batch) and (
+            "on_token" in inspect.signature(self.engine.generate).parameters
+        )
+        kwargs = {"on_token": functools.partial(self._on_token, batch)} if live else {}
         try:
-            outs = self.engine.generate([p.prompt_ids for p in batch], params, gen)
+            outs = self.engine.generate([p.prompt_ids for p in batch], params, gen, **kwargs)
         except Exception as exc:
             log.warning("gateway: the engine failed: %r", exc)
             for p in batch:
-                p.error = HTTPError(500, f"generation failed: {type(exc).__name__}", "server_error")
-                p.done.set()
+                p.fail(HTTPError(500, f"generation failed: {type(exc).__name__}", "server_error"))
             return
-        for p, k, out in zip(batch, indices, outs):
+        for j, (p, k, out) in enumerate(zip(batch, indices, outs)):
+            if p.text is not None and not live:  # a whole turn: replayed token by token
+                for i, lp in zip(out.token_ids, out.logprobs):
+                    self._on_token(batch, j, i, lp)
             p.result = self._finish(p, k, out)
             p.done.set()
+            if p.stream is not None:
+                if p.text is not None:
+                    p.text.finish(p.result["choices"][0]["message"]["content"])
+                p.stream.put("result", p.result)
+
+    def _start(self, batch: list[_Pending]) -> None:
+        """Number the answers; a streamed request learns that its generation starts."""
+        for p in batch:
+            self._ids += 1
+            p.number, p.created = self._ids, int(time.time())
+            if p.stream is None:
+                continue
+            entry = self._logprob_entry if p.body.get("logprobs") else None
+            openers = getattr(self.tool_format, "call_openers", None)
+            p.text = TextStream(
+                functools.partial(self.tokenizer.decode, skip_special_tokens=True),
+                functools.partial(p.stream.put, "text"),
+                openers(p.tools) if openers is not None else (None if p.tools else []),
+                self.tokenizer.eos_token_id,
+                entry,
+            )
+            head = {"id": f"chatcmpl-{p.number}", "created": p.created, "model": self.model_name}
+            p.stream.put("start", head)
+
+    def _on_token(self, batch: list[_Pending], i: int, token_id: int, logprob: float) -> None:
+        """The engine sampled request ``i``'s next token (on the engine thread): stream it. A
+        failure here stops that request's stream only, never the batch."""
+        p = batch[i]
+        if p.text is None:
+            return
+        try:
+            p.text.push(token_id, logprob)
+        except Exception as exc:
+            log.warning("gateway: streaming a completion failed: %r", exc)
+            p.text = None
+            p.fail(HTTPError(500, f"streaming failed: {type(exc).__name__}", "server_error"))
 
     def _prepare(self, p: _Pending) -> None:
         body = p.body
@@ -449,9 +525,8 @@ class Gateway:
         eos = self.tokenizer.eos_token_id
         ids = [i for i in out.token_ids if i != eos]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        self._ids += 1
-        cid = f"chatcmpl-{self._ids}"
-        prefix = f"call_{p.rollout.id if p.rollout else 'x'}_{k if k >= 0 else self._ids}"
+        cid = f"chatcmpl-{p.number}"
+        prefix = f"call_{p.rollout.id if p.rollout else 'x'}_{k if k >= 0 else p.number}"
         content, calls = self.tool_format.parse(text, p.tools, prefix)
         if p.rollout is not None:
             p.rollout.add(
@@ -474,7 +549,7 @@ class Gateway:
         return {
             "id": cid,
             "object": "chat.completion",
-            "created": int(time.time()),
+            "created": p.created,
             "model": self.model_name,
             "choices": [choice],
             "usage": {
@@ -482,16 +557,13 @@ class Gateway:
                 "completion_tokens": len(out.token_ids),
                 "total_tokens": len(p.prompt_ids) + len(out.token_ids),
             },
-            "_token_texts": [
-                self.tokenizer.decode([i], skip_special_tokens=True) for i in out.token_ids
-            ],
         }
 
     def _logprobs(self, out) -> dict:
-        content = []
-        for i, lp in zip(out.token_ids, out.logprobs):
-            tok = self.tokenizer.decode([i], skip_special_tokens=False)
-            content.append(
-                {"token": tok, "logprob": lp, "bytes": list(tok.encode()), "top_logprobs": []}
-            )
-        return {"content": content}
+        return {
+            "content": [self._logprob_entry(i, lp) for i, lp in zip(out.token_ids, out.logprobs)]
+        }
+
+    def _logprob_entry(self, token_id: int, logprob: float) -> dict:
+        tok = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        return {"token": tok, "logprob": logprob, "bytes": list(tok.encode()), "top_logprobs": []}

@@ -6,7 +6,10 @@ A format does three things for the gateway:
   parts) -> plain ``{"role", "content"}`` messages (plus keyword arguments) for the tokenizer's
   chat template, so an assistant turn renders as the text the model generated;
 - ``parse(text, tools)``: the model's generated text -> ``(content, tool_calls)`` in OpenAI form;
-- ``stop_strings(tools)``: strings that end a turn once a tool call is complete.
+- ``stop_strings(tools)``: strings that end a turn once a tool call is complete;
+- ``call_openers(tools)``: strings that begin a tool call (a streamed answer's text is sent up to
+  them, the rest once the turn is parsed; a format without this method streams nothing before
+  the end of a turn that declares tools).
 
 ``TagFormat`` is for models without a tool-aware template (``<calc>12+7</calc>``: the tag is the
 tool's name, the body its one string argument); ``HermesFormat`` for templates that take
@@ -73,6 +76,9 @@ class TagFormat:
     def stop_strings(self, tools: list[dict] | None) -> list[str]:
         return [f"</{n}>" for n in tool_names(tools)]
 
+    def call_openers(self, tools: list[dict] | None) -> list[str]:
+        return [f"<{n}>" for n in tool_names(tools)]
+
     def template_kwargs(self, tools: list[dict] | None) -> dict:
         return {}
 
@@ -129,6 +135,9 @@ class HermesFormat:
 
     def stop_strings(self, tools: list[dict] | None) -> list[str]:
         return []
+
+    def call_openers(self, tools: list[dict] | None) -> list[str]:
+        return ["<tool_call>"] if tools else []
 
     def template_kwargs(self, tools: list[dict] | None) -> dict:
         return {"tools": tools} if tools else {}

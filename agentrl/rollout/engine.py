@@ -2,11 +2,14 @@
 
 ``generate(prompts, params) -> list[Generation]``: token ids in, token ids and the behaviour
 log-probability of each sampled token out. Episodes are extended token by token by the caller.
+``HFEngine.generate`` also takes ``on_token(i, token_id, logprob)``, called from its decoding
+loop as each step samples prompt ``i``'s next token (the gateway streams with it).
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -105,15 +108,17 @@ class HFEngine:
         prompts: list[list[int]],
         params: SamplingParams,
         generator: torch.Generator | None = None,
+        on_token: Callable[[int, int, float], None] | None = None,
     ) -> list[Generation]:
+        """on_token(i, token_id, logprob): called as each step samples prompt ``i``'s next token
+        (from this thread, in order; nothing for a row once it has stopped)."""
         out: list[Generation] = []
         for start in range(0, len(prompts), self.micro_batch_size):
-            out.extend(
-                self._generate(prompts[start : start + self.micro_batch_size], params, generator)
-            )
+            chunk = prompts[start : start + self.micro_batch_size]
+            out.extend(self._generate(chunk, params, generator, on_token, start))
         return out
 
-    def _generate(self, prompts, params, generator) -> list[Generation]:
+    def _generate(self, prompts, params, generator, on_token=None, offset=0) -> list[Generation]:
         model = self.model
         device = next(model.parameters()).device
         ids, attn = _left_pad(prompts, self.pad_id, device)
@@ -137,6 +142,8 @@ class HFEngine:
             for i in (~done).nonzero().flatten().tolist():
                 tokens[i].append(int(nxt[i]))
                 logps[i].append(float(lp[i]))
+                if on_token is not None:
+                    on_token(offset + i, tokens[i][-1], logps[i][-1])
                 if self._stopped(tokens[i], params, self.tokenizer):
                     finish[i] = "stop"
             newly = torch.isin(nxt, stop_ids) & ~done

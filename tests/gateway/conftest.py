@@ -37,8 +37,8 @@ class RecordingEngine(HFEngine):
         super().__init__(micro_batch_size=8)
         self.seen: list[tuple[list[int], list[int], list[float]]] = []
 
-    def generate(self, prompts, params, generator=None):
-        outs = super().generate(prompts, params, generator)
+    def generate(self, prompts, params, generator=None, on_token=None):
+        outs = super().generate(prompts, params, generator, on_token)
         for p, o in zip(prompts, outs):
             self.seen.append((list(p), list(o.token_ids), list(o.logprobs)))
         return outs
