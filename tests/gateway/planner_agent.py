@@ -7,11 +7,14 @@
 
 The planner's two calls extend each other, as do the executor's; the two conversations do not
 (their system prompts differ), so a rollout is two sequences, each trained with its reward.
-The reward is 1.0 for a right answer plus len(plan) / 1000: a group's rewards then differ even
-when the tiny policy solves nothing, so every RL step of the tests applies an update.
+The reward is 1.0 for a right answer, plus 0.1 for an odd rollout index: the two samples of a
+group (consecutive indices) then differ even when the tiny policy solves all or nothing, so
+every RL step of the tests applies an update.
 """
 
 from __future__ import annotations
+
+import os
 
 from openai import OpenAI
 
@@ -38,4 +41,5 @@ def run(task: dict, base_url: str, api_key: str) -> float:
             {"role": "user", "content": f"The executor answered {answer}. Reply OK or a fix."},
         ]
         ask(client, planner)
-    return float(answer == task["answer"]) + len(plan) / 1000
+    index = int(os.environ["AGENTRL_ROLLOUT_ID"].rsplit("-", 1)[1])
+    return float(answer == task["answer"]) + 0.1 * (index % 2)

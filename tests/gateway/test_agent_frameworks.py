@@ -74,7 +74,7 @@ def test_a_planner_and_an_executor_are_two_transitions_each_with_the_reward(toke
     """planner_agent: plan (planner prompt), calc + answer (executor prompt), review (the
     planner's conversation continued after the executor's). Each rollout gives two sequences,
     the planner's (plan and review merged, though not consecutive calls) and the executor's,
-    each ending with the rollout's reward; every generated token is trained exactly once."""
+    each ending with its own rollout's reward; every generated token is trained exactly once."""
     suite = make_suite("tests.gateway.planner_agent:run", workers=1, timeout_s=120)
     try:
         task = suite.tasks("train")[0]
@@ -93,8 +93,7 @@ def test_a_planner_and_an_executor_are_two_transitions_each_with_the_reward(toke
     engine = runner.engine
     decode = tokenizer.decode
     assert [t.status for t in trajs] == ["ok"] * 4
-    reward = 1.0 + len(plan) / 1000
-    for group, rollout in enumerate(("rollout-0", "rollout-1")):
+    for group, (rollout, reward) in enumerate((("rollout-0", 1.0), ("rollout-1", 1.1))):
         planner, executor = [t for t in trajs if t.turns[0].info["rollout"] == rollout]
         assert planner.group == executor.group == group
         assert PLANNER in decode(planner.token_ids[: planner.prompt_len])
