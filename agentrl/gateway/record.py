@@ -2,10 +2,10 @@
 
 Every chat completion of a rollout is recorded as the prompt ids the engine saw (the request's
 messages rendered with the chat template and tokenized once) and the ids it generated, with their
-behaviour log-probs. ``segments`` merges consecutive calls: when a call's prompt starts with the
-previous call's prompt + response, only the new tokens in between (the end of the assistant turn,
-the tool results, the next header) are appended, with loss_mask 0. Otherwise the call starts a new
-sequence (its own transition). The generated ids are never re-tokenized.
+behaviour log-probs. ``segments`` merges calls: when a call's prompt starts with an earlier call's
+sequence (its prompt + response, and whatever extended it since), only the new tokens in between
+(the end of the assistant turn, the tool results, the next header) are appended, with loss_mask
+0. Otherwise the call starts a new sequence (its own transition). The generated ids are never re-tokenized.
 """
 
 from __future__ import annotations
@@ -86,11 +86,25 @@ class Segment:
     calls: list[int]
 
 
+def _extended(out: list[Segment], prompt_ids: list[int]) -> Segment | None:
+    """The longest segment whose tokens start ``prompt_ids`` (the latest of equals), else None."""
+    best = None
+    for seg in out:
+        n = len(seg.token_ids)
+        if prompt_ids[:n] == seg.token_ids and (best is None or n >= len(best.token_ids)):
+            best = seg
+    return best
+
+
 def segments(calls: list[CallRecord]) -> list[Segment]:
+    """The rollout's calls as sequences. A call extends the sequence its prompt starts with (the
+    longest such, not only the last one: an agent that alternates conversations, e.g. a planner
+    and an executor with their own system prompts, gives one sequence per conversation);
+    otherwise it starts a new one."""
     out: list[Segment] = []
     for k, call in enumerate(calls):
-        seg = out[-1] if out else None
-        if seg is not None and call.prompt_ids[: len(seg.token_ids)] == seg.token_ids:
+        seg = _extended(out, call.prompt_ids)
+        if seg is not None:
             extra = call.prompt_ids[len(seg.token_ids) :]
             seg.token_ids += extra
             seg.loss_mask += [0] * len(extra)

@@ -62,6 +62,21 @@ def test_segments_merge_extending_calls_and_split_others():
     assert other.token_ids == [1, 6, 5, 5] and other.loss_mask == [0, 0, 1, 1]
 
 
+def test_alternating_conversations_merge_each_into_its_own_sequence():
+    """A planner call, an executor call, the planner's conversation continued, the executor's
+    continued: two sequences (not four), each call into the longest sequence it extends."""
+    plan = CallRecord([1, 2], [3], [-0.1], "stop", "", [], [])
+    act = CallRecord([9, 8], [7], [-0.2], "stop", "", [], [])
+    review = CallRecord([1, 2, 3, 4], [5], [-0.3], "stop", "", [], [])
+    act2 = CallRecord([9, 8, 7, 6], [5], [-0.4], "stop", "", [], [])
+    again = CallRecord([1, 2, 3, 4, 5, 0], [2], [-0.5], "stop", "", [], [])
+    planner, executor = segments([plan, act, review, act2, again])
+    assert planner.token_ids == [1, 2, 3, 4, 5, 0, 2] and planner.calls == [0, 2, 4]
+    assert planner.loss_mask == [0, 0, 1, 0, 1, 0, 1]
+    assert executor.token_ids == [9, 8, 7, 6, 5] and executor.calls == [1, 3]
+    assert executor.logprobs == [0, 0, -0.2, 0, -0.4]
+
+
 def test_good_agents_give_one_merged_trajectory_each_in_groups(tokenizer):
     suite, runner, engine = make_runner(
         tokenizer, f"python {STUB} good", replies=["<answer>4</answer>"]
@@ -193,15 +208,14 @@ def test_cli_bad_gateway_host_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_example_agent_trains_end_to_end(make_cfg, tmp_path):
+def test_example_agent_trains_end_to_end(warm_cfg, tmp_path):
     """`python launch.py experiment=openai_agent debug=smoke` (2 RL steps): rollouts through the
     example agent, merged into one sequence per rollout, rewards reported, an update applied.
 
     The learning signal needs some rollouts to succeed, so the warm start must give a policy that
-    copies operands: one-operation tasks, demonstrations that always call calc, 400 steps (26%
-    greedy held-out success on toolcalc, measured; the former 200 steps on two-operation tasks
-    with guessing demonstrations gave 6%, so 16 rollouts all failing was a coin flip), and 32
-    rollouts."""
+    copies operands: the session's shared WARM warm start (conftest; the former 200 steps on
+    two-operation tasks with guessing demonstrations gave 6%, so 16 rollouts all failing was a
+    coin flip), and 32 rollouts."""
     import csv
 
     from omegaconf import open_dict
@@ -209,16 +223,7 @@ def test_example_agent_trains_end_to_end(make_cfg, tmp_path):
     from agentrl.train import run as train
 
     common = [
-        "experiment=openai_agent",
         "debug=smoke",
-        "env.tasks.max_ops=1",
-        "env.tasks.guess_prob=0.0",
-        "env.tasks.num_train=800",
-        "env.tasks.num_val=100",
-        "env.tasks.num_test=100",
-        "warmstart.steps=400",
-        "warmstart.num_demos=800",
-        "warmstart.batch_size=16",
         "data.tasks_per_step=4",
         "algorithm.group_size=4",
         "callbacks.export=null",
@@ -231,7 +236,7 @@ def test_example_agent_trains_end_to_end(make_cfg, tmp_path):
         with open(tmp_path / run / "metrics.csv") as f:
             return [r for r in csv.DictReader(f) if r.get("gateway/rollouts")]
 
-    cfg = make_cfg(*common, run="a")
+    cfg = warm_cfg(*common, run="a")
     with open_dict(cfg):
         cfg.env.command = f"{sys.executable} examples/openai_agent/agent.py"
     train(cfg)
