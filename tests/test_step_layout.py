@@ -71,3 +71,18 @@ def test_a_checkpoint_with_the_old_buffer_entry_loads():
     torch.manual_seed(1)
     AgentRLModule.on_load_checkpoint(host, {"agentrl": state})
     assert host.rl_step == 3 and host.counters["failed_episodes"] == 1
+
+
+def test_scored_batch_select_takes_the_rows_of_every_field():
+    from agentrl.batching import TokenBatch
+    from agentrl.step_data import ScoredBatch
+
+    ids = torch.arange(12).reshape(3, 4)
+    batch = TokenBatch(ids, torch.ones_like(ids), torch.ones(3, 3), torch.zeros(3, 3))
+    per_token = torch.arange(9.0).reshape(3, 3)
+    scored = ScoredBatch(batch, old=per_token, advantages=torch.tensor([1.0, 2.0, 3.0]))
+    sub = scored.select(torch.tensor([2, 0]))
+    assert sub.batch.input_ids.tolist() == [ids[2].tolist(), ids[0].tolist()]
+    assert sub.old.tolist() == [per_token[2].tolist(), per_token[0].tolist()]
+    assert sub.advantages.tolist() == [3.0, 1.0]
+    assert sub.ref is None and sub.values is None and sub.returns is None
