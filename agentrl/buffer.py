@@ -1,4 +1,8 @@
-"""A bounded buffer of trajectories between the rollout and the update phases."""
+"""A bounded buffer of trajectories between the rollout and the update phases.
+
+Not in the training loop for now (every algorithm here is on-policy: the step passed each step's
+episodes through it and drained them at once); off-policy reuse will bring it back (README).
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ class ReplayBuffer:
     trajectories stay). Each held trajectory counts the updates it was used in. ``stats`` reports
     the size, and for the last draw (drain or sample) the mean age in RL steps, how many were
     drawn and ``buffer/reuse_mean``: how many updates the drawn trajectories were used in so far,
-    on average, this one included (a drained trajectory used once counts 1). It is saved in
-    checkpoints.
+    on average, this one included (a drained trajectory used once counts 1). ``state_dict`` and
+    ``load_state_dict`` round-trip it.
     """
 
     def __init__(self, capacity: int = 4096):

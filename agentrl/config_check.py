@@ -141,6 +141,8 @@ _ALGO_SHARED = {
     "max_grad_norm": POS,
     "credit": OneOf("trajectory", "turn", "transition"),
     "turn_gamma": PROB,
+    # the training step that runs the algorithm (agentrl/module.py STEPS)
+    "step": OneOf("rl"),
 }
 _GRPO = {
     **_ALGO_SHARED,
@@ -166,6 +168,7 @@ _DPO = {
     "epochs": COUNT,
     "minibatches": COUNT,
     "max_grad_norm": POS,
+    "step": OneOf("preference"),
 }
 
 # --- envs
@@ -344,7 +347,6 @@ TARGET_RULES: dict[str, dict[str, Rule]] = {
         "val_batch_size": COUNT,
         "seed": SEED,
     },
-    "agentrl.buffer.ReplayBuffer": {"capacity": COUNT},
     "agentrl.warmstart.WarmStart": {
         "enabled": FLAG,
         "steps": COUNT,

@@ -1,7 +1,6 @@
-"""The training step of preference algorithms (``algorithm=dpo``, ``algorithm=online_dpo``).
-
-``AgentRLModule.training_step`` hands the step here when ``algorithm.preference`` is true. The
-phases are the RL step's, timed the same way into ``perf/<phase>_s``:
+"""The training step of preference algorithms (``algorithm=dpo``, ``algorithm=online_dpo``):
+``algorithm.step: preference``, the sibling of ``agentrl/rl_step.py``. The phases are the RL
+step's, timed the same way into ``perf/<phase>_s``:
 
     rollout   the step's pairs, from ``algorithm.pairs``:
                 env        env_pairs on the step's tasks (oracle demonstration vs a perturbed
@@ -11,7 +10,9 @@ phases are the RL step's, timed the same way into ``perf/<phase>_s``:
                            configured reward (a fixed sampling policy: offline)
                 policy     group_size samples per task from the current policy, ranked (online)
     score     pairs -> token-exact episodes (pair_trajectories), the reference's log-probs
-    update    epochs x minibatches of pairs through the module's micro-batched optimizer step
+              -> PairBatch
+    update    epochs x minibatches of pairs through the module's PolicyUpdater (micro-batched,
+              a pair never split), the algorithm's loss(logprobs, ref_logprobs, mask)
     sync, log as in RL; ``pref/`` metrics: chosen/rejected implicit rewards, margin, accuracy,
               pairs, ties (ranked groups whose rewards were all equal), skipped tasks (env)
 """
@@ -19,7 +20,6 @@ phases are the RL step's, timed the same way into ``perf/<phase>_s``:
 from __future__ import annotations
 
 import random
-import time
 
 import torch
 
@@ -27,35 +27,32 @@ from agentrl import stopping
 from agentrl.batching import collate
 from agentrl.pairs import env_pairs, pair_trajectories, ranked_pairs
 from agentrl.rewards.base import score_batch
+from agentrl.step_data import PairBatch
+from agentrl.step_metrics import Timer, episode_metrics, peak_rss_gb
 
 _PREF_STATS = ("chosen_reward", "rejected_reward", "reward_margin", "preference_accuracy")
 
 
 def preference_step(module, batch) -> None:
     """One preference-optimization step of ``module`` (an ``AgentRLModule``) on ``batch``."""
-    from agentrl.module import episode_metrics, peak_rss_gb
-
     step, tasks = batch["step"], batch["tasks"]
-    if module.update_micro_batch_size % 2:
+    micro = module.updater.micro_batch_size
+    if micro % 2:
         raise ValueError(
             "DPO keeps each (chosen, rejected) pair in one micro-batch: "
-            f"module.update_micro_batch_size must be even, got {module.update_micro_batch_size}"
+            f"module.update_micro_batch_size must be even, got {micro}"
         )
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
+    timer = Timer()
     stopping.entered("rollout", step + 1)
-    pairs, sampled, stats = collect_pairs(module, tasks, step)
+    with timer("rollout"):
+        pairs, sampled, stats = collect_pairs(module, tasks, step)
     stopping.check("rollout", step + 1)  # a stop signal cut the rollout short: redo the step
-    seconds["rollout"] = time.perf_counter() - start
-    start = time.perf_counter()
-    scored = score_pairs(module, pairs)
-    seconds["score"] = time.perf_counter() - start
-    start = time.perf_counter()
-    stats.update(update(module, scored, len(pairs), step))
-    seconds["update"] = time.perf_counter() - start
-    start = time.perf_counter()
-    module.engine.sync(module.policy)
-    seconds["sync"] = time.perf_counter() - start
+    with timer("score"):
+        scored = score_pairs(module, pairs)
+    with timer("update"):
+        stats.update(update(module, scored, step))
+    with timer("sync"):
+        module.engine.sync(module.policy)
     module.rl_step = step + 1
     module.last_samples = sampled or [t for p in pairs for t in p.trajectories]
     metrics = {}
@@ -66,11 +63,11 @@ def preference_step(module, batch) -> None:
             metrics["env/success_rate"] = metrics.pop("rollout/success_rate")
         metrics["rollout/failed_episodes"] = float(len(sampled) - len(ok))
     metrics.update(stats)
-    metrics.update({f"perf/{k}_s": v for k, v in seconds.items()})
+    metrics.update({f"perf/{k}_s": v for k, v in timer.seconds.items()})
     metrics["perf/peak_rss_gb"] = peak_rss_gb()
     metrics["loss/skipped_updates_total"] = float(module.counters["skipped_updates"])
     metrics["train/rl_step"] = float(module.rl_step)
-    module._log_train(metrics)
+    module.log_train(metrics)
 
 
 def collect_pairs(module, tasks, step: int):
@@ -122,44 +119,45 @@ def _sample(module, tasks, step: int, from_reference: bool):
     """``group_size`` episodes per task from the current policy, or from the reference (the
     adapter disabled, or the frozen copy bound to the engine for the rollout)."""
     if not from_reference:
-        return module._rollout(tasks, step)
+        return module.rollout(tasks, step)
     if module.reference is None:
         with module.policy.disable_adapter():
-            return module._rollout(tasks, step)
+            return module.rollout(tasks, step)
     module.engine.bind(module.reference, module.tokenizer)
     try:
-        return module._rollout(tasks, step)
+        return module.rollout(tasks, step)
     finally:
         module.engine.bind(module.policy, module.tokenizer)
 
 
-def score_pairs(module, pairs) -> dict | None:
-    """Rows [chosen_0, rejected_0, chosen_1, ...] as a TokenBatch, the reference's log-probs and
-    the sides (+1 chosen, -1 rejected) in the module's ``scored`` layout."""
+def score_pairs(module, pairs) -> PairBatch | None:
+    """Rows [chosen_0, rejected_0, chosen_1, ...] as a TokenBatch and the reference's
+    log-probs; None without pairs."""
     if not pairs:
         return None
     trajs = [t for p in pairs for t in p.trajectories]
     batch = collate(trajs, module.tokenizer.pad_token_id).to(module.device)
-    ref = module._reference_logprobs(batch)
-    sides = torch.tensor([1.0, -1.0] * len(pairs), device=module.device)
-    # "old" is not used by the preference losses; the module's step passes it through
-    return {"batch": batch, "old": ref, "ref": ref, "advantages": sides, "values": None}
+    return PairBatch(batch, module.reference_logprobs(batch))
 
 
-def update(module, scored: dict | None, num_pairs: int, step: int) -> dict[str, float]:
-    """epochs x minibatches of pairs; each minibatch is one optimizer step of the module (micro-
+def update(module, scored: PairBatch | None, step: int) -> dict[str, float]:
+    """epochs x minibatches of pairs; each minibatch is one optimizer step of the updater (micro-
     batched, gradient clipped, a non-finite loss or gradient skipped and counted)."""
     if scored is None:
         return {"loss/skipped_no_pairs": 1.0}
     algo = module.algorithm
     opt = module.optimizers()
-    gen = module._generator(step, 1)
+    gen = module.generator(step, 1)
+
+    def loss(logp, values, sub, rows, micro):
+        return algo.loss(logp, rows(scored.ref), sub.loss_mask)
+
     acc: dict[str, list[float]] = {}
     for _ in range(algo.epochs):
-        perm = torch.randperm(num_pairs, generator=gen)
+        perm = torch.randperm(scored.num_pairs, generator=gen)
         for chunk in perm.chunk(algo.minibatches):
             rows = torch.stack([2 * chunk, 2 * chunk + 1], dim=1).flatten().to(module.device)
-            for k, v in module._minibatch_step(opt, scored, rows).items():
+            for k, v in module.updater.step(opt, scored.batch, rows, loss).items():
                 acc.setdefault(k, []).append(v)
     out = {k: sum(v) / len(v) for k, v in acc.items()}
     for name in _PREF_STATS:

@@ -121,7 +121,6 @@ def build_components(cfg: DictConfig) -> dict:
         "algorithm": instantiate(cfg.algorithm, "algorithm"),
         "engine": instantiate(cfg.rollout.engine, "rollout.engine"),
         "data": instantiate(cfg.data, "data"),
-        "buffer": instantiate(cfg.buffer, "buffer"),
         "optimizer": instantiate(cfg.optimizer, "optimizer"),
         "warmstart": instantiate(cfg.warmstart, "warmstart"),
         "model_spec": instantiate(cfg.model, "model"),
@@ -177,7 +176,6 @@ def fit(cfg: DictConfig, parts: dict) -> dict[str, float]:
         algorithm=parts["algorithm"],
         engine=parts["engine"],
         optimizer=parts["optimizer"],
-        buffer=parts["buffer"],
     )
     data = parts["data"]
     data.bind(parts["suite"])

@@ -87,7 +87,11 @@ CASES = [
     ("default", ["data.steps=1.5"], "data.steps must be an integer >= 1, got 1.5"),
     ("default", ["data.num_val_tasks=0"], "data.num_val_tasks must be >= 1, got 0"),
     ("default", ["data.val_batch_size=-1"], "data.val_batch_size must be >= 1, got -1"),
-    ("default", ["buffer.capacity=0"], "buffer.capacity must be >= 1, got 0"),
+    (
+        "default",
+        ["algorithm.step=preference"],
+        "algorithm.step must be one of ('rl',), got 'preference'",
+    ),
     ("default", ["optimizer.lr=0"], "optimizer.lr must be > 0, got 0"),
     ("default", ["optimizer.weight_decay=-0.1"], "optimizer.weight_decay must be >= 0, got -0.1"),
     ("default", ["optimizer.betas=[0.9,1.5]"], "optimizer.betas.1 must be in [0, 1), got 1.5"),

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from agentrl.module import AgentRLModule
 from agentrl.rewards.base import RewardOutput, score_batch
+from agentrl.step_metrics import train_metrics
 from agentrl.train import run
 from tests.test_callbacks import traj
 from tests.test_train import metrics_rows, rows_with
@@ -81,12 +81,11 @@ def test_a_step_whose_rewards_all_failed_has_no_mean_and_counts_them():
     counts = score_batch(UnreachableReward(), trajs)
     host = SimpleNamespace(
         counters=Counter(failed_episodes=0, skipped_updates=0),
-        buffer=SimpleNamespace(stats=dict),
         rl_step=1,
         suite=None,
         runner=None,
     )
-    m = AgentRLModule._train_metrics(host, trajs, counts, {})
+    m = train_metrics(host, trajs, counts, {})
     assert not [k for k, v in m.items() if math.isnan(v)]
     assert "rollout/reward_mean" not in m and "env/success_rate" not in m
     assert m["rollout/reward_failures"] == m["rollout/failed_episodes"] == 4.0

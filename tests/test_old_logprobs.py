@@ -8,7 +8,10 @@ import csv
 import pytest
 import torch
 
-from agentrl import module as M
+from agentrl import rl_step as R
+from agentrl import updater as U
+from agentrl.batching import TokenBatch
+from agentrl.step_data import ScoredBatch
 from agentrl.train import run
 
 
@@ -41,13 +44,13 @@ SMALL = (
 def score_forwards(monkeypatch) -> list[int]:
     """Counts the policy forwards of the score phase (model_logprobs_chunked on the policy)."""
     calls = []
-    real = M.model_logprobs_chunked
+    real = U.model_logprobs_chunked
 
     def counted(model, batch, chunk, temperature=1.0):
         calls.append(int(batch.input_ids.shape[0]))
         return real(model, batch, chunk, temperature)
 
-    monkeypatch.setattr(M, "model_logprobs_chunked", counted)
+    monkeypatch.setattr(U, "model_logprobs_chunked", counted)
     return calls
 
 
@@ -62,7 +65,7 @@ def test_old_logprobs_from_the_update_match_a_separate_forward(
     fused_calls = list(calls)
     calls.clear()
     with monkeypatch.context() as m:
-        m.setattr(M.AgentRLModule, "_old_from_update", lambda self: False)
+        m.setattr(R, "old_from_update", lambda algorithm, critic: False)
         run(make_cfg(*overrides, run="separate"))
     # the separate run computes old log-probs of all 16 episodes in the score phase each step
     assert calls.count(16) >= 2
@@ -91,32 +94,31 @@ def test_several_minibatches_keep_the_separate_forward(make_cfg, monkeypatch):
 
 
 def test_fill_old_covers_rows_the_update_did_not_reach():
+    seen = []
+
+    class Updater:
+        def logprobs(self, model, batch):
+            seen.append(batch.input_ids.shape[0])
+            return torch.full((batch.input_ids.shape[0], 3), -1.0)
+
     class Stub:
-        update_micro_batch_size = 4
-        temperature = 1.0
+        updater = Updater()
         policy = None
 
-    scored = {
-        "batch": M.TokenBatch(
+    scored = ScoredBatch(
+        TokenBatch(
             torch.ones(3, 4, dtype=torch.long),
             torch.ones(3, 4, dtype=torch.long),
             torch.ones(3, 3),
             torch.zeros(3, 3),
         ),
-        "old": torch.full((3, 3), 7.0),
-    }
-    seen = []
-
-    def fake(model, batch, chunk, temperature=1.0):
-        seen.append(batch.input_ids.shape[0])
-        return torch.full((batch.input_ids.shape[0], 3), -1.0)
-
-    orig = M.model_logprobs_chunked
-    M.model_logprobs_chunked = fake
-    try:
-        M.AgentRLModule._fill_old(Stub(), scored, torch.tensor([True, False, True]))
-    finally:
-        M.model_logprobs_chunked = orig
+        old=torch.full((3, 3), 7.0),
+        old_pending=torch.tensor([True, False, True]),
+    )
+    R.fill_old(Stub(), scored)
     assert seen == [1]
-    assert scored["old"][1].tolist() == [-1.0] * 3
-    assert scored["old"][0].tolist() == [7.0] * 3
+    assert scored.old[1].tolist() == [-1.0] * 3
+    assert scored.old[0].tolist() == [7.0] * 3
+    # filled rows are not computed again
+    R.fill_old(Stub(), scored)
+    assert seen == [1] and scored.old_pending.all()

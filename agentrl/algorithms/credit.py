@@ -131,11 +131,11 @@ def reweight_transitions(
 
 def advantages(algo, trajs, rewards, groups, width: int, scale: bool = True) -> torch.Tensor:
     """The critic-free algorithms' advantages under ``algo.credit``: [N] for ``trajectory``,
-    [N, width] otherwise. ``algo.advantages(rewards, groups)`` gives the episode advantages."""
+    [N, width] otherwise. ``algo.episode_advantages(rewards, groups)`` gives the episode advantages."""
     if algo.credit == "turn":
         adv = turn_advantages(trajs, rewards, groups, algo.turn_gamma, width, scale)
         return adv.to(rewards.device)
-    adv = algo.advantages(rewards, groups)
+    adv = algo.episode_advantages(rewards, groups)
     if algo.credit == "transition":
         return reweight_transitions(adv, trajs, width)
     return adv

@@ -54,12 +54,10 @@ def ipo_loss(h: torch.Tensor, beta: float) -> torch.Tensor:
     return (h - 1 / (2 * beta)) ** 2
 
 
-def split_pairs(values: torch.Tensor, signs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows laid out as pairs [chosen, rejected, chosen, rejected, ...] with signs [N] of
-    +1 (chosen) / -1 (rejected) -> (chosen [P, ...], rejected [P, ...]). Raises when the rows are
-    not such pairs (a micro-batch that split a pair)."""
-    expected = torch.tensor([1.0, -1.0], device=signs.device).repeat(signs.shape[0] // 2)
-    if signs.shape[0] % 2 or not torch.equal(signs.float(), expected):
+def split_pairs(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows laid out as pairs [chosen, rejected, chosen, rejected, ...] -> (chosen [P, ...],
+    rejected [P, ...]). Raises when the number of rows is odd (a micro-batch that split a pair)."""
+    if values.shape[0] % 2:
         raise ValueError(
             "DPO rows must come as (chosen, rejected) pairs in one micro-batch; "
             "set module.update_micro_batch_size to an even number"
@@ -83,15 +81,16 @@ class DPO:
     epochs: int = 1
     minibatches: int = 1
     max_grad_norm: float = 1.0
+    step: str = "preference"
     file_pairs: list[PreferencePair] = field(init=False, repr=False, compare=False)
 
-    # the module runs preference steps (agentrl/preference.py) for this algorithm
-    preference = True
     # per-pair mean: every episode of a pair has generated tokens, so rows weigh micro-batches
     aggregation = "seq_mean_token_mean"
 
     def __post_init__(self):
         self.perturbations = list(self.perturbations)
+        if self.step != "preference":
+            raise ValueError(f"algorithm.step must be preference for DPO, got {self.step!r}")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(
                 f"algorithm.loss_type must be one of {LOSS_TYPES} for DPO, got {self.loss_type!r}"
@@ -133,26 +132,19 @@ class DPO:
         return True
 
     def loss(
-        self,
-        logprobs: torch.Tensor,
-        old_logprobs: torch.Tensor,
-        ref_logprobs: torch.Tensor,
-        advantages: torch.Tensor,
-        mask: torch.Tensor,
-        behaviour_logprobs: torch.Tensor | None = None,
+        self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The mean preference loss over the pairs of one micro-batch.
 
-        logprobs, ref_logprobs, mask: [N, T] (policy, reference, loss mask); advantages: [N] the
-        side of each row, +1 chosen / -1 rejected, rows in pairs (chosen first). old_logprobs and
-        behaviour_logprobs are not used (the module's update interface passes them).
+        logprobs, ref_logprobs, mask: [2P, T] (policy, reference, loss mask), rows in pairs
+        [chosen_0, rejected_0, chosen_1, ...] (``step_data.PairBatch``).
         """
         if ref_logprobs is None:
             raise ValueError("DPO needs the reference policy's log-probs")
         policy = sequence_logprobs(logprobs, mask)
         ref = sequence_logprobs(ref_logprobs, mask)
-        pol_c, pol_r = split_pairs(policy, advantages)
-        ref_c, ref_r = split_pairs(ref, advantages)
+        pol_c, pol_r = split_pairs(policy)
+        ref_c, ref_r = split_pairs(ref)
         h = preference_logits(pol_c, pol_r, ref_c, ref_r)
         if self.loss_type == "dpo":
             losses = dpo_loss(h, self.beta, self.label_smoothing)

@@ -51,6 +51,7 @@ class GRPO:
     max_grad_norm: float = 1.0
     credit: str = "trajectory"
     turn_gamma: float = 1.0
+    step: str = "rl"
     kl_controller: KLController = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -100,9 +101,15 @@ class GRPO:
         kl_coef * the episode's summed KL if ``kl_mode == "reward"``, else the rewards as given."""
         return objective.kl_in_reward(self, rewards, logprobs, ref_logprobs, mask)
 
-    def advantages(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    def episode_advantages(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         """[N] rewards, [N] group ids -> [N] advantages (one per episode, broadcast over tokens)."""
         return F.group_advantages(rewards, groups, scale=self.scale_rewards)
+
+    def advantages(self, trajs, rewards: torch.Tensor, groups: torch.Tensor, scored):
+        """The step's advantages: ``token_advantages`` on ``scored`` (a ``ScoredBatch``), no
+        returns (no critic), no stats."""
+        width = scored.batch.loss_mask.shape[1]
+        return self.token_advantages(trajs, rewards, groups, width), None, {}
 
     def token_advantages(self, trajs, rewards, groups, width: int) -> torch.Tensor:
         """Advantages under ``credit`` (``credit.advantages``): [N] for ``trajectory``, [N, width]

@@ -3,7 +3,7 @@
 Plain functions over one of the algorithm dataclasses (composition, not a base class); each reads
 the fields every algorithm has: clip_low, clip_high, kl_coef, kl_estimator, kl_mode, kl_target,
 kl_horizon, aggregation, max_completion_length, dynamic_sampling, tis_cap, epochs, minibatches,
-max_grad_norm, credit, and the ``kl_controller`` built from them.
+max_grad_norm, credit, step, and the ``kl_controller`` built from them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ KL_MODES = ("loss", "reward")
 
 def check_fields(algo) -> None:
     """Raise a ValueError naming the field for any shared value that cannot work."""
+    if algo.step != "rl":
+        raise ValueError(f"algorithm.step must be rl for {type(algo).__name__}, got {algo.step!r}")
     if algo.kl_estimator not in F.KL_ESTIMATORS:
         raise ValueError(
             f"algorithm.kl_estimator must be one of {F.KL_ESTIMATORS}, got {algo.kl_estimator!r}"

@@ -82,7 +82,7 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tens
 class PPO:
     """Configured from ``conf/algorithm/ppo.yaml``; see the YAML for each field. The module builds
     the value head (``agentrl.value``) because ``needs_values`` is True, computes old values in
-    the score phase, and calls ``gae_advantages`` instead of ``advantages``."""
+    the score phase; ``advantages`` is GAE over them."""
 
     group_size: int = 8
     value_head: str = "shared"
@@ -106,6 +106,7 @@ class PPO:
     epochs: int = 2
     minibatches: int = 2
     max_grad_norm: float = 1.0
+    step: str = "rl"
     kl_controller: KLController = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -138,19 +139,20 @@ class PPO:
         return objective.keep_mask(self, rewards, groups)
 
     def kl_in_reward(self, rewards, logprobs, ref_logprobs, mask) -> torch.Tensor:
-        """Unchanged [N] rewards: PPO puts its KL penalty on each token in ``gae_advantages``."""
+        """Unchanged [N] rewards: PPO puts its KL penalty on each token in ``advantages``."""
         return rewards
 
-    def gae_advantages(self, trajs, rewards: torch.Tensor, scored: dict):
+    def advantages(self, trajs, rewards: torch.Tensor, groups: torch.Tensor, scored):
         """Token rewards (``credit.token_rewards``), minus coef * kl_t per token when
-        ``kl_mode=reward``, then GAE with the old values. ``scored`` holds the batch, old and
-        reference log-probs and old values. Returns advantages [N, T], returns [N, T], stats."""
-        batch, values = scored["batch"], scored["values"]
+        ``kl_mode=reward``, then GAE with the old values (``groups`` unused: the value head is the
+        baseline). ``scored`` (a ``ScoredBatch``) holds the batch, old and reference log-probs and
+        old values. Returns advantages [N, T-1], returns [N, T-1], stats."""
+        batch, values = scored.batch, scored.values
         mask = batch.loss_mask
         r = C.token_rewards(trajs, rewards, self.credit, mask.shape[1])
         coef = self.kl_controller.value
-        if self.kl_mode == "reward" and coef > 0 and scored["ref"] is not None:
-            r = r - coef * F.kl_penalty(scored["old"], scored["ref"], self.kl_estimator) * mask
+        if self.kl_mode == "reward" and coef > 0 and scored.ref is not None:
+            r = r - coef * F.kl_penalty(scored.old, scored.ref, self.kl_estimator) * mask
         adv, returns = gae(r, values, mask, self.gamma, self.lam)
         if self.normalize_advantages:
             adv = whiten(adv, mask)

@@ -198,7 +198,7 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", self.log_level)
         from vllm import LLM
 
-        from agentrl.module import rng_state, set_rng_state
+        from agentrl.rng import rng_state, set_rng_state
 
         dtype = self.dtype
         if dtype == "auto":

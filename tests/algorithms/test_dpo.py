@@ -63,8 +63,7 @@ def test_algorithm_loss_and_logged_rewards():
     logp = torch.tensor([[-9.0, -2.0], [-9.0, -5.0]])
     ref = torch.tensor([[-1.0, -3.0], [-1.0, -4.0]])
     mask = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
-    sides = torch.tensor([1.0, -1.0])
-    loss, stats = algo.loss(logp, logp, ref, sides, mask)
+    loss, stats = algo.loss(logp, ref, mask)
     # h = (-2 + 3) - (-5 + 4) = 2 as above: loss = 0.31326169
     assert loss.item() == pytest.approx(0.31326169, abs=1e-6)
     # implicit rewards: 0.5 * (+1) = 0.5 and 0.5 * (-1) = -0.5; margin 1; accuracy 1
@@ -72,20 +71,18 @@ def test_algorithm_loss_and_logged_rewards():
     assert stats["rejected_reward"].item() == pytest.approx(-0.5)
     assert stats["reward_margin"].item() == pytest.approx(1.0)
     assert stats["preference_accuracy"].item() == 1.0
-    ipo, _ = DPO(loss_type="ipo", beta=0.5).loss(logp, logp, ref, sides, mask)
+    ipo, _ = DPO(loss_type="ipo", beta=0.5).loss(logp, ref, mask)
     assert ipo.item() == pytest.approx(1.0)  # (2 - 1)^2
     with pytest.raises(ValueError, match="reference"):
-        algo.loss(logp, logp, None, sides, mask)
+        algo.loss(logp, None, mask)
 
 
 def test_split_pairs_refuses_a_split_pair():
     v = torch.arange(4.0)
-    c, r = split_pairs(v, torch.tensor([1.0, -1.0, 1.0, -1.0]))
+    c, r = split_pairs(v)
     assert c.tolist() == [0.0, 2.0] and r.tolist() == [1.0, 3.0]
     with pytest.raises(ValueError, match="even"):
-        split_pairs(v[:3], torch.tensor([1.0, -1.0, 1.0]))
-    with pytest.raises(ValueError, match="pairs"):
-        split_pairs(v, torch.tensor([1.0, 1.0, -1.0, -1.0]))
+        split_pairs(v[:3])
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,7 @@ def test_reference_source_samples_the_reference_and_rebinds_the_policy():
         tokenizer="tok",
         engine=SimpleNamespace(bind=lambda m, t: bound.append(m)),
     )
-    module._rollout = lambda tasks, step: (bound[-1] is reference) and ["sampled"]
+    module.rollout = lambda tasks, step: (bound[-1] is reference) and ["sampled"]
     assert _sample(module, ["t"], 0, from_reference=True) == ["sampled"]
     assert bound == [reference, policy]
 

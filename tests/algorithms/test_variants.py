@@ -18,7 +18,7 @@ def test_leave_one_out_advantages_by_hand():
     # group 2: a single sample has no "others": 0
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 3.0, 1.0, 5.0])
     groups = torch.tensor([0, 0, 0, 0, 1, 1, 2])
-    adv = RLOO(group_size=4).advantages(rewards, groups)
+    adv = RLOO(group_size=4).episode_advantages(rewards, groups)
     expected = torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3, 2.0, -2.0, 0.0])
     assert torch.allclose(adv, expected, atol=1e-6)
     # the identity A_i = n / (n - 1) * (r_i - mean): group 0, 4/3 * 0.5 = 2/3
@@ -31,14 +31,14 @@ def test_reinforce_pp_normalizes_over_the_batch_not_the_group():
     # A = (-1.5, -0.5, 0.5, 1.5) / 1.290994 = (-1.161895, -0.387298, 0.387298, 1.161895)
     rewards = torch.tensor([0.0, 1.0, 2.0, 3.0])
     groups = torch.tensor([0, 0, 1, 1])
-    adv = ReinforcePP(group_size=2).advantages(rewards, groups)
+    adv = ReinforcePP(group_size=2).episode_advantages(rewards, groups)
     assert torch.allclose(adv, torch.tensor([-1.161895, -0.387298, 0.387298, 1.161895]), atol=1e-5)
     # per group (GRPO) the second group would look exactly like the first: -+0.7071 both
     grpo = F.group_advantages(rewards, groups)
     assert torch.allclose(grpo, torch.tensor([-0.70711, 0.70711, -0.70711, 0.70711]), atol=1e-4)
     # REINFORCE++-baseline: group-centred first, (-0.5, 0.5, -0.5, 0.5), mean 0,
     # std sqrt(4 * 0.25 / 3) = 0.57735 -> +-0.866025
-    adv = ReinforcePP(group_size=2, group_baseline=True).advantages(rewards, groups)
+    adv = ReinforcePP(group_size=2, group_baseline=True).episode_advantages(rewards, groups)
     assert torch.allclose(adv, torch.tensor([-0.866025, 0.866025, -0.866025, 0.866025]), atol=1e-5)
     # all-equal rewards: no signal, no division by zero
     assert F.batch_advantages(torch.ones(3), torch.arange(3)).tolist() == [0.0, 0.0, 0.0]
@@ -142,7 +142,7 @@ def test_every_algorithm_has_the_same_interface():
     groups = torch.tensor([0, 0, 1, 1])
     logp, mask = torch.full((4, 3), math.log(0.5)), torch.ones(4, 3)
     for algo in (GRPO(group_size=2, kl_coef=0.0), RLOO(group_size=2), ReinforcePP(group_size=2)):
-        adv = algo.advantages(rewards, groups)
+        adv = algo.episode_advantages(rewards, groups)
         loss, stats = algo.loss(logp, logp, None, adv, mask)
         assert adv.shape == (4,) and loss.dim() == 0 and "policy" in stats
         assert algo.keep_mask(rewards, groups).all()

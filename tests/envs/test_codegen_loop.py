@@ -16,11 +16,11 @@ from agentrl.envs.codegen.suite import CodeGen, code_action
 from agentrl.envs.codegen.tasks import program_code
 from agentrl.envs.sandbox import Sandbox
 from agentrl.models.tokenizer import load_tiny_tokenizer
-from agentrl.module import AgentRLModule
 from agentrl.rewards.base import score_batch
 from agentrl.rewards.env_return import EnvReturn
 from agentrl.rollout.chat import ChatFormat
 from agentrl.rollout.runner import EpisodeRunner
+from agentrl.step_metrics import train_metrics
 from agentrl.train import run
 from tests.rollout.test_runner import ScriptedEngine
 
@@ -62,13 +62,12 @@ def test_sandbox_failures_are_counted_and_the_batch_goes_on(chat, tmp_path):
     score_batch(EnvReturn(), trajs)
     host = SimpleNamespace(
         counters=Counter(failed_episodes=0, skipped_updates=0),
-        buffer=SimpleNamespace(stats=dict),
         rl_step=0,
         suite=suite,
         runner=None,
     )
     counts = {"reward_errors": 0, "reward_nonfinite": 0}
-    m = AgentRLModule._train_metrics(host, trajs, counts, {})
+    m = train_metrics(host, trajs, counts, {})
     runs = 2 * suite.max_turns  # failed runs are never cached
     assert m["env/sandbox_runs"] == m["env/sandbox_failures"] == runs
     assert m["rollout/failed_episodes"] == 0.0 and m["env/success_rate"] == 0.0
