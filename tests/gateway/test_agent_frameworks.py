@@ -160,20 +160,20 @@ def test_a_planner_executor_agent_trains_each_conversation(warm_cfg, tmp_path, m
     """2 RL steps with planner_agent: the update gets every conversation of every rollout as its
     own sequence with the rollout's reward (the planner's with its own prompt) and trains on
     its tokens: the planner sequences' advantages are not zero and an update is applied."""
-    from agentrl.module import AgentRLModule
+    from agentrl import rl_step
     from agentrl.train import run as train
 
     seen: list[list[tuple]] = []
-    update = AgentRLModule._update
+    update = rl_step.update
 
-    def spy(self, trajs, scored):
-        adv = scored["advantages"]
+    def spy(module, trajs, scored):
+        adv = scored.advantages
         rows = adv if adv.dim() == 1 else adv.abs().amax(dim=1)
         seen.append(
             [
                 (
                     t.turns[0].info["rollout"],
-                    PLANNER in self.tokenizer.decode(t.token_ids[: t.prompt_len]),
+                    PLANNER in module.tokenizer.decode(t.token_ids[: t.prompt_len]),
                     t.reward,
                     sum(t.loss_mask),
                     float(a),
@@ -181,9 +181,9 @@ def test_a_planner_executor_agent_trains_each_conversation(warm_cfg, tmp_path, m
                 for t, a in zip(trajs, rows.tolist())
             ]
         )
-        return update(self, trajs, scored)
+        return update(module, trajs, scored)
 
-    monkeypatch.setattr(AgentRLModule, "_update", spy)
+    monkeypatch.setattr(rl_step, "update", spy)
     with no_leaks():
         train(warm_cfg(*TRAIN, "env.entry_point=tests.gateway.planner_agent:run", run="p"))
     steps = _steps(tmp_path, "p")
