@@ -28,6 +28,7 @@ import urllib.request
 from agents import (
     Agent,
     MaxTurnsExceeded,
+    ModelBehaviorError,
     ModelSettings,
     OpenAIProvider,
     RunConfig,
@@ -74,6 +75,11 @@ async def solve(task: dict, config: RunConfig) -> int | None:
         try:
             result = await Runner.run(agent, items, max_turns=left, run_config=config)
         except MaxTurnsExceeded:
+            return None
+        except ModelBehaviorError:
+            # the SDK raises on a reply it cannot use, e.g. one cut off at max_tokens (the
+            # Responses API's status "incomplete"): the task is not solved, reward 0 (not a
+            # crashed rollout, which would leave the bad reply out of training)
             return None
         m = _ANSWER.search(str(result.final_output))
         if m is not None:
