@@ -116,40 +116,43 @@ def test_lightning_tips_are_dropped_and_nothing_else():
     assert not keep(tip) and keep(other)
 
 
-def test_the_pytree_deprecation_inside_lightning_is_filtered_and_only_it():
-    from lightning.pytorch.utilities._pytree import _tree_flatten
+def assert_filtered_and_only_it(raise_it, marker: str, why_absent: str) -> None:
+    """``raise_it()`` warns ``marker`` (else the test is skipped: ``why_absent``); with the
+    console's filters on, only a warning of the run's own remains."""
 
     def caught(filtered: bool) -> list[str]:
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             if filtered:
                 console.filter_unactionable_warnings()
-            _tree_flatten([1, 2])  # builds torch's deprecated LeafSpec inside Lightning
+            raise_it()
             warnings.warn("a warning of the run's own", UserWarning, stacklevel=1)
         return [str(w.message) for w in seen]
 
-    if not any("LeafSpec" in m for m in caught(filtered=False)):
-        pytest.skip("this torch/Lightning pair does not raise the LeafSpec deprecation")
+    if not any(marker in m for m in caught(filtered=False)):
+        pytest.skip(why_absent)
     assert caught(filtered=True) == ["a warning of the run's own"]
+
+
+def test_the_pytree_deprecation_inside_lightning_is_filtered_and_only_it():
+    from lightning.pytorch.utilities._pytree import _tree_flatten
+
+    assert_filtered_and_only_it(
+        lambda: _tree_flatten([1, 2]),  # builds torch's deprecated LeafSpec inside Lightning
+        "LeafSpec",
+        "this torch/Lightning pair does not raise the LeafSpec deprecation",
+    )
 
 
 def test_peft_reading_the_deprecated_checkpointing_alias_is_filtered():
     from agentrl.models.factory import apply_adapter, tiny_random_model
     from tests.models.test_models import _adapter_cfg
 
-    def caught(filtered: bool) -> list[str]:
-        model, _ = tiny_random_model("llama")
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            if filtered:
-                console.filter_unactionable_warnings()
-            apply_adapter(model, _adapter_cfg("lora"))
-            warnings.warn("a warning of the run's own", UserWarning, stacklevel=1)
-        return [str(w.message) for w in seen]
-
-    if not any("is_gradient_checkpointing" in m for m in caught(filtered=False)):
-        pytest.skip("this PEFT/transformers pair does not read the deprecated alias")
-    assert caught(filtered=True) == ["a warning of the run's own"]
+    assert_filtered_and_only_it(
+        lambda: apply_adapter(tiny_random_model("llama")[0], _adapter_cfg("lora")),
+        "is_gradient_checkpointing",
+        "this PEFT/transformers pair does not read the deprecated alias",
+    )
 
 
 def test_the_mixed_precision_size_note_of_the_model_summary_is_filtered():
@@ -161,23 +164,17 @@ def test_the_mixed_precision_size_note_of_the_model_summary_is_filtered():
             super().__init__()
             self.layer = torch.nn.Linear(4, 4)
 
-    def caught(filtered: bool) -> list[str]:
+    def summarize() -> None:
         module = Module()
         module.trainer = pl.Trainer(
             precision="bf16-mixed", accelerator="cpu", logger=False, enable_progress_bar=False
         )
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            if filtered:
-                console.filter_unactionable_warnings()
-            size = ModelSummary(module).model_size
-            warnings.warn("a warning of the run's own", UserWarning, stacklevel=1)
-        assert size == pytest.approx(20 * 4 / 1e6)  # float32 weights: 4 bytes each
-        return [str(w.message) for w in seen]
+        # float32 weights under autocast: 4 bytes each
+        assert ModelSummary(module).model_size == pytest.approx(20 * 4 / 1e6)
 
-    if not any("model summary" in m for m in caught(filtered=False)):
-        pytest.skip("this Lightning sizes bf16-mixed models without a warning")
-    assert caught(filtered=True) == ["a warning of the run's own"]
+    assert_filtered_and_only_it(
+        summarize, "model summary", "this Lightning sizes bf16-mixed models without a warning"
+    )
 
 
 @pytest.mark.parametrize("in_allocation", [False, True])
