@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from agentrl.envs.reasoning_gym import ReasoningGym
+from agentrl.envs.reasoning_gym.suite import task_expression
 from agentrl.envs.toolcalls import answer_action, tool_call
 from agentrl.utils.instantiate import ConfigError, instantiate
 
@@ -24,7 +25,7 @@ ARITH = {
     "allow_parentheses": False,
     "allow_negation": False,
 }
-DATASETS = [("basic_arithmetic", ARITH, True), ("chain_sum", {}, True), ("leg_counting", {}, False)]
+DATASETS = [("basic_arithmetic", ARITH, True), ("chain_sum", {}, True), ("leg_counting", {}, True)]
 
 
 def play(suite, task, actions):
@@ -65,6 +66,13 @@ def test_splits_deterministic_and_disjoint(name, config, _):
     assert len(everything) == len(set(everything)) == 120
     other = ReasoningGym(name, config, seed=1, **SMALL)
     assert [t.prompt for t in other.tasks("val")] != questions["val"]
+
+
+def test_leg_counting_demonstration_spells_out_each_animals_legs():
+    entry = {"metadata": {"animals": {"cat": 3, "spider": 2, "woodlouse": 1}}}
+    assert task_expression("leg_counting", entry) == "3*4 + 2*8 + 1*14"
+    assert task_expression("basic_arithmetic", {"metadata": {"expression": "1 + 2"}}) == "1 + 2"
+    assert task_expression("spell_backward", {"metadata": {}}) is None
 
 
 def test_partial_credit_is_the_step_reward_but_not_success():

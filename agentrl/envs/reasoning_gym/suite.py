@@ -192,7 +192,7 @@ class ReasoningGym:
     def oracle(self, task: Task, rng: random.Random) -> list[str]:
         """The dataset's answer, after a calculator call on the expression where one applies."""
         answer = str(task.answer)
-        expr = task.meta["entry"].get("metadata", {}).get("expression")
+        expr = task_expression(self.dataset, task.meta["entry"])
         if not (self.tools and isinstance(expr, str) and _calc_matches(expr, answer)):
             return [answer_action(answer)]
         if rng.random() < self.guess_prob and _is_int(answer):
@@ -237,6 +237,25 @@ class ReasoningGym:
                 )
             splits[split] = tasks
         return {s: splits[s] for s in SPLITS}
+
+
+def task_expression(dataset: str, entry: dict[str, Any]) -> str | None:
+    """The arithmetic a calculator call would take for this task, where one applies.
+
+    The dataset's own ``metadata["expression"]`` (basic_arithmetic, chain_sum, products...), or
+    one derived from its metadata: leg_counting's is ``count*legs`` per animal (``3*4 + 2*8``
+    for 3 cats and 2 spiders), with the legs from the package's own table, so a demonstration
+    spells out what the agent must know (how many legs each animal has) and the calculator does
+    the arithmetic.
+    """
+    meta = entry.get("metadata", {})
+    if isinstance(meta.get("expression"), str):
+        return meta["expression"]
+    if dataset == "leg_counting" and isinstance(meta.get("animals"), dict):
+        from reasoning_gym.arithmetic.leg_counting import ANIMALS
+
+        return " + ".join(f"{n}*{ANIMALS[animal]}" for animal, n in meta["animals"].items())
+    return None
 
 
 def _plain(config: Any) -> dict[str, Any]:
