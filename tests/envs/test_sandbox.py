@@ -16,11 +16,13 @@ import psutil
 import pytest
 
 from agentrl.envs.sandbox import Sandbox, namespaces_available
+from tests.conftest import require_or_skip
 
 UID_BASE = 300000  # apart from the ids a concurrent training run may use
 NS, WHY = namespaces_available()
-# the tests of what only the namespaces give: skipped without root, failed as root without them
-# (CI runs as root: a machine where unshare stopped working must not pass by skipping)
+# the tests of what only the namespaces give: skipped without root (failed under
+# AGENTRL_REQUIRE_ALL=1, as CI runs), failed as root without them (a machine where unshare
+# stopped working must not pass by skipping)
 needs_ns = pytest.mark.usefixtures("ns")
 
 
@@ -44,7 +46,7 @@ def box(tmp_path_factory) -> Sandbox:
 @pytest.fixture
 def ns(box):
     if os.geteuid() != 0:
-        pytest.skip(f"namespace isolation unavailable: {WHY}")
+        require_or_skip(f"namespace isolation unavailable: {WHY}")
     assert NS and box.isolation == "namespace", f"running as root without namespaces: {WHY}"
 
 
