@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from agentrl import config_check
 from agentrl.models.factory import ModelLoadError
 from agentrl.rollout.vllm_engine import vllm_available
 from agentrl.train import build_components, build_trainer
@@ -123,6 +124,51 @@ def test_experiments_and_debug_options_compose(make_cfg, group, name):
         if path.startswith("paths.") or path in ("trainer.enable_progress_bar",):
             continue  # the test fixture points these at its temporary folders
         assert path in composed and composed[path] == value, f"{group}={name}: {path}"
+
+
+def _targets(node, prefix: str = "") -> dict[str, str]:
+    """{path of a node: its ``_target_``} for every node of a plain container below ``prefix``."""
+    if not isinstance(node, dict):
+        return {}
+    out = {prefix: node["_target_"]} if "_target_" in node else {}
+    for k, v in node.items():
+        out.update(_targets(v, f"{prefix}.{k}"))
+    return out
+
+
+MODE_GROUPS = ("env", "algorithm", "reward", "rollout")
+
+
+@pytest.mark.parametrize(
+    ("mode", "group", "option"),
+    [(m, g, o) for m in options("mode") for g in MODE_GROUPS for o in options(g)],
+)
+def test_mode_composes_with_every_option(make_cfg, mode, group, option):
+    """``mode=<mode> <group>=<option>`` composes (recipes included) into a config that passes
+    the checks of agentrl/config_check.py: the mode is the one named, the option named is the
+    one selected (its targets in place, whatever the mode's defaults list overrides), and a
+    group the mode overrides (mode=reward_model: reward=learned) keeps the mode's option unless
+    it is the group named."""
+    raw = OmegaConf.load(CONF / "mode" / f"{mode}.yaml")
+    overrides = {
+        k.removeprefix("override /"): v
+        for entry in raw.get("defaults", [])
+        if not isinstance(entry, str)
+        for k, v in entry.items()
+    }
+    cfg = make_cfg(f"mode={mode}", f"{group}={option}")
+    assert cfg.mode == raw.mode == mode
+    chosen = {group: option, **{g: o for g, o in overrides.items() if g != group}}
+    for g, o in chosen.items():
+        # the option's own targets (the group's, or its engine's): a recipe may change deeper ones
+        want = _targets(OmegaConf.to_container(OmegaConf.load(CONF / g / f"{o}.yaml")), g)
+        top = min(p.count(".") for p in want)
+        want = {p: t for p, t in want.items() if p.count(".") == top}
+        got = _targets(OmegaConf.to_container(cfg[g]), g)
+        assert {p: got.get(p) for p in want} == want, f"{g}={o}"
+    if mode == "reward_model" and group != "reward":
+        assert cfg.reward._target_ == "agentrl.rewards.learned.LearnedReward"
+    config_check.validate(cfg)
 
 
 @pytest.mark.parametrize(

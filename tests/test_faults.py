@@ -151,7 +151,11 @@ def test_kill_9_at_a_random_point_then_restart_matches_uninterrupted(make_cfg, t
     cmd = [sys.executable, "launch.py", f"hydra.run.dir={run_dir}", *RESUME_RUN]
     slow = ["+callbacks.slow._target_=tests.test_faults.SlowSteps", "+callbacks.slow.seconds=1"]
     last = run_dir / "checkpoints" / "last.ckpt"
-    delay = random.Random().uniform(0.0, 3.0)
+    # the kill point, drawn from a seed that is printed: AGENTRL_KILL_SEED=<seed> replays it
+    seed = int(os.environ.get("AGENTRL_KILL_SEED") or random.SystemRandom().randrange(2**32))
+    delay = random.Random(seed).uniform(0.0, 3.0)
+    replay = f"kill {delay:.2f} s after the first checkpoint; replay: AGENTRL_KILL_SEED={seed}"
+    print(replay)
     proc = subprocess.Popen(
         cmd + slow, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -160,21 +164,21 @@ def test_kill_9_at_a_random_point_then_restart_matches_uninterrupted(make_cfg, t
         while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         time.sleep(delay)  # anywhere: in a rollout, an update, a validation, a checkpoint write
-        assert proc.poll() is None, f"the run ended before the kill ({delay=:.2f} s)"
+        assert proc.poll() is None, f"the run ended before the kill ({replay})"
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait()
     # written then renamed: whatever the moment of the kill, last.ckpt is whole
-    assert checkpoint_rl_step(str(last)) >= 1, f"{delay=:.2f} s"
+    assert checkpoint_rl_step(str(last)) >= 1, replay
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.returncode == 0, f"{replay}\n{done.stderr[-4000:]}"
     assert "resuming from" in (run_dir / "launch.log").read_text()
     for key in ("rollout/reward_mean", "loss/policy", "val/success_rate"):
         want = metrics_series(tmp_path / "ref", key)
         got = metrics_series(run_dir, key)
-        assert [s for s, _ in got] == [s for s, _ in want], (key, f"{delay=:.2f} s")
-        assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-6), key
+        assert [s for s, _ in got] == [s for s, _ in want], (key, replay)
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-6), (key, replay)
 
 
 def _fake_checkpoint(path, rl_step):

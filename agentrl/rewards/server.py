@@ -12,6 +12,7 @@ Faults (``--fault``), applied to every request, or to the first ``--fail-first N
 ``http500`` (an HTTP 500), ``malformed`` (a 200 whose body is not JSON), ``timeout`` (answers
 after ``--delay`` seconds; pair it with a shorter client timeout), ``slow`` (every request waits
 ``--delay`` seconds, then answers correctly), ``reset`` (closes the connection unanswered).
+``close()`` ends every wait at once (the held requests are dropped unanswered).
 ``--require-key-env VAR``: requests must carry ``Authorization: Bearer $VAR`` (else HTTP 401).
 """
 
@@ -22,7 +23,6 @@ import json
 import os
 import re
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTS = ("none", "http500", "malformed", "timeout", "slow", "reset")
@@ -66,6 +66,7 @@ class ScoringServer(ThreadingHTTPServer):
         self.turn_cost = turn_cost
         self.require_key = require_key
         self.lock = threading.Lock()
+        self.closing = threading.Event()
         self.stats = {"requests": 0, "items": 0, "in_flight": 0, "max_in_flight": 0}
         self.auth_seen: list[str] = []
 
@@ -84,6 +85,7 @@ class ScoringServer(ThreadingHTTPServer):
         return self
 
     def close(self) -> None:
+        self.closing.set()
         self.shutdown()
         self.server_close()
 
@@ -147,8 +149,9 @@ class _Handler(BaseHTTPRequestHandler):
         ):
             return self._send(401, b'{"error": "unauthorized"}')
         fault = srv.fault if srv.faulty(number) else "none"
-        if fault == "timeout" or srv.fault == "slow":
-            time.sleep(srv.delay)
+        if (fault == "timeout" or srv.fault == "slow") and srv.closing.wait(srv.delay):
+            self.close_connection = True  # shutting down: drop the request unanswered
+            return None
         if fault == "http500":
             return self._send(500, b'{"error": "injected fault"}')
         if fault == "malformed":

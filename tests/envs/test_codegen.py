@@ -15,9 +15,10 @@ from agentrl.envs.codegen.problems import PROBLEMS
 from agentrl.envs.codegen.suite import CodeGen, code_action, parse_code
 from agentrl.envs.codegen.tasks import program_code
 from agentrl.envs.sandbox import Sandbox, namespaces_available
+from tests.conftest import require_or_skip
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "env" / "codegen.yaml"
-NS = namespaces_available()[0]
+NS, WHY = namespaces_available()
 SMALL = {"num_train": 300, "num_val": 40, "num_test": 40}
 
 
@@ -180,11 +181,8 @@ def test_types_must_match_exactly(suite):
     "body, expect",
     [
         ("    while True:\n        pass\n", "TimeoutError"),
-        pytest.param(
-            "    import os\n    os.kill(os.getppid(), 9)\n    return x\n",
-            "PermissionError",
-            marks=pytest.mark.skipif(not NS, reason="without namespaces it could kill pytest"),
-        ),
+        # needs the namespaces: without them it could kill pytest
+        ("    import os\n    os.kill(os.getppid(), 9)\n    return x\n", "PermissionError"),
         ("    import os\n    os.kill(0, 9)\n", "stopped: killed"),
         ("    import os\n    os._exit(3)\n", "exit 3"),
         ("    return 'x' * 10**9\n", "MemoryError"),
@@ -192,6 +190,8 @@ def test_types_must_match_exactly(suite):
     ],
 )
 def test_hostile_submissions_are_failed_attempts_and_the_episode_goes_on(suite, body, expect):
+    if expect == "PermissionError" and not NS:
+        require_or_skip(f"namespace isolation unavailable: {WHY}")
     task = first(suite, needs_parens=False)
     env, out = play(suite, task, [code_action("def f(x):\n" + body)])
     obs, reward, done, info = out[0]

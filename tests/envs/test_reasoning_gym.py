@@ -12,8 +12,10 @@ from agentrl.envs.reasoning_gym import ReasoningGym
 from agentrl.envs.reasoning_gym.suite import task_expression
 from agentrl.envs.toolcalls import answer_action, tool_call
 from agentrl.utils.instantiate import ConfigError, instantiate
+from tests.conftest import require_module
 
-reasoning_gym = pytest.importorskip("reasoning_gym")
+# a dependency of agentrl (pyproject.toml): missing, it skips here and fails in CI
+reasoning_gym = require_module("reasoning_gym", "pip install -e .")
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "env" / "reasoning_gym.yaml"
 SMALL = {"num_train": 60, "num_val": 30, "num_test": 30}

@@ -1,6 +1,7 @@
 """The webnav browser backend: real headless Chromium (Debian's ``chromium``; CI installs it).
 
-Without /usr/bin/chromium these tests skip and say so. Every test checks that no Chromium process
+Without ``chromium`` on PATH these tests skip and say so (fail under AGENTRL_REQUIRE_ALL=1, as
+in CI). Every test checks that no Chromium process
 of its own is left behind and that its temporary profile is gone.
 """
 
@@ -16,12 +17,15 @@ import pytest
 from agentrl.envs.webnav import WebNav
 from agentrl.envs.webnav.browser import BrowserError, Chromium
 from agentrl.envs.webnav.env import SiteError
+from tests.conftest import require_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
 SMALL = {"num_train": 10, "num_val": 6, "num_test": 6}
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="headless Chromium not installed (apt-get install chromium)"
-)
+
+
+@pytest.fixture(autouse=True)
+def chromium() -> str:
+    """Chromium on PATH, which the suites find by the YAML's default name; else skip (fail in CI)."""
+    return require_chromium()
 
 
 def live_processes_of(profile: str) -> list[int]:
@@ -133,6 +137,12 @@ def test_a_crashed_browser_fails_the_episode_and_is_restarted():
     assert_released(second)
 
 
-def test_missing_executable_is_one_clear_error():
-    with pytest.raises(BrowserError, match="Chromium not found at /nope"):
-        Chromium("/nope").start()
+def test_missing_executable_is_one_clear_error(chromium):
+    for missing in ("/nope", "no-such-chromium"):
+        with pytest.raises(BrowserError, match=f"Chromium not found: '{missing}' is not an"):
+            Chromium(missing).start()
+    # a path works as well as the name on PATH
+    with Chromium(chromium) as b:
+        assert b.alive
+        info = b.profile, b.proc.pid
+    assert_released(info)

@@ -14,7 +14,8 @@ from agentrl.envs.webnav.browser import Chromium
 from agentrl.envs.webnav.server import ShopServer
 from agentrl.module import AgentRLModule
 from agentrl.train import run
-from tests.envs.test_webnav_browser import CHROMIUM, assert_released
+from tests.conftest import require_chromium
+from tests.envs.test_webnav_browser import assert_released
 
 
 @pytest.fixture
@@ -84,16 +85,15 @@ def browsers(monkeypatch):
     [
         (RuntimeError("simulated crash"), "text"),
         (KeyboardInterrupt(), "text"),
-        pytest.param(
-            KeyboardInterrupt(),
-            "browser",
-            marks=pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium"),
-        ),
+        (KeyboardInterrupt(), "browser"),
     ],
 )
 def test_resources_released_when_training_dies(
     make_cfg, servers, browsers, monkeypatch, exc, backend
 ):
+    if backend == "browser":
+        require_chromium()
+
     def crash(self, batch, batch_idx):
         raise exc
 

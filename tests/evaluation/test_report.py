@@ -1,7 +1,8 @@
 """report.html and the other files from a hand-made Evaluation; the page in real headless Chromium.
 
 Chromium is Debian's ``chromium`` package (CI installs it: ``apt-get install -y chromium``);
-without /usr/bin/chromium the browser tests skip and say so.
+without ``chromium`` on PATH the browser tests skip and say so (fail under AGENTRL_REQUIRE_ALL=1,
+as in CI).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from agentrl.evaluation.outputs import (
 )
 from agentrl.evaluation.stats import episode_summary
 from agentrl.types import Task, Trajectory, Turn
+from tests.conftest import require_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
 HOSTILE = "<script>document.title='owned'</script> & \"quotes\""
 
 
@@ -96,8 +97,7 @@ def test_page_is_self_contained_and_escaped(report):
 
 
 def chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
-    if not CHROMIUM.exists():
-        pytest.skip("headless Chromium not installed (/usr/bin/chromium; apt-get install chromium)")
+    executable = require_chromium()
     flags = [
         "--headless",
         "--no-sandbox",
@@ -109,7 +109,7 @@ def chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
         f"--user-data-dir={tmp / 'chromium-profile'}",
     ]
     return subprocess.run(
-        [str(CHROMIUM), *flags, *args], capture_output=True, text=True, timeout=120, check=True
+        [executable, *flags, *args], capture_output=True, text=True, timeout=120, check=True
     )
 
 

@@ -1,4 +1,8 @@
-"""reward=api against the reference server over real loopback HTTP, with every fault."""
+"""reward=api against the reference server over real loopback HTTP, with every fault.
+
+No assertion depends on the machine's load: a healthy answer has 30 s (``reward``'s timeout), a
+request held for a ``timeout`` fault is held an hour (until the server closes), and concurrency
+is shown by requests that wait for each other, not by timing."""
 
 from __future__ import annotations
 
@@ -6,12 +10,13 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from agentrl.rewards.api import ApiReward
 from agentrl.rewards.base import RewardUnavailable, score_batch
-from agentrl.rewards.server import ScoringServer
+from agentrl.rewards.server import ScoringServer, _Handler
 from agentrl.types import Task, Trajectory, Turn
 
 
@@ -32,9 +37,28 @@ def batch(n=6):
     return [episode(i, i, i if i % 2 == 0 else i + 1) for i in range(n)]
 
 
+# a request held for a timeout fault is held this long (close() releases it)
+HOLD_S = 3600.0
+
+
 def reward(url, **kw):
-    defaults = dict(batch_size=2, timeout_s=2.0, max_retries=2, backoff_s=0.01)
+    defaults = dict(batch_size=2, timeout_s=30.0, max_retries=2, backoff_s=0.01)
     return ApiReward(url=url, **{**defaults, **kw})
+
+
+class _Paired(_Handler):
+    def _answer(self, srv, number):
+        srv.pair.wait()  # until a second request is in flight with this one
+        return super()._answer(srv, number)
+
+
+class PairedServer(ScoringServer):
+    """Answers requests two at a time: each waits (up to 60 s) for a second one in flight."""
+
+    def __init__(self):
+        super().__init__()
+        self.RequestHandlerClass = _Paired
+        self.pair = threading.Barrier(2, timeout=60)
 
 
 def free_port() -> int:
@@ -61,9 +85,10 @@ def test_scores_in_batches_with_a_cache():
 
 
 def test_concurrency_limit_is_respected():
-    with ScoringServer(fault="slow", delay=0.3) as srv:
+    # the server answers only pairs: two requests in flight at once, or none answered
+    with PairedServer() as srv:
         counts = score_batch(
-            reward(srv.url, batch_size=1, max_concurrency=2, timeout_s=30), batch(6)
+            reward(srv.url, batch_size=1, max_concurrency=2, timeout_s=120), batch(6)
         )
         assert counts["reward/api_retries"] == 0
         assert srv.stats["max_in_flight"] == 2
@@ -72,9 +97,11 @@ def test_concurrency_limit_is_respected():
 
 @pytest.mark.parametrize("fault", ["http500", "malformed", "timeout", "reset"])
 def test_transient_faults_are_retried(fault):
-    # the first two requests fail; every batch then succeeds within its 2 retries
-    with ScoringServer(fault=fault, fail_first=2, delay=1.0) as srv:
-        r = reward(srv.url, timeout_s=0.3, batch_size=6, max_concurrency=1)
+    # the first two requests fail; every batch then succeeds within its 2 retries (a request
+    # held for the timeout fault is given up after 2 s; the others have the default 30 s)
+    timeout = {"timeout_s": 2.0} if fault == "timeout" else {}
+    with ScoringServer(fault=fault, fail_first=2, delay=HOLD_S) as srv:
+        r = reward(srv.url, batch_size=6, max_concurrency=1, **timeout)
         trajs = batch(6)
         counts = score_batch(r, trajs)
         assert counts["reward_errors"] == 0
@@ -85,13 +112,14 @@ def test_transient_faults_are_retried(fault):
 def test_slow_but_in_time_is_fine():
     with ScoringServer(fault="slow", delay=0.2) as srv:
         trajs = batch(2)
-        counts = score_batch(reward(srv.url, timeout_s=2.0), trajs)
+        counts = score_batch(reward(srv.url), trajs)
         assert counts["reward/api_retries"] == 0 and trajs[0].reward == 1.0
 
 
 @pytest.mark.parametrize("fault", ["http500", "malformed", "timeout", "reset", "refused"])
 def test_persistent_failure_policies(fault):
-    srv = None if fault == "refused" else ScoringServer(fault=fault, delay=0.6).start()
+    # whatever the load, every request fails: held an hour, or answered with the fault
+    srv = None if fault == "refused" else ScoringServer(fault=fault, delay=HOLD_S).start()
     url = f"http://127.0.0.1:{free_port()}/score" if srv is None else srv.url
     try:
         # drop: every episode failed and counted, nothing raised
@@ -161,3 +189,22 @@ def test_server_command_line():
         proc.terminate()
         proc.wait(timeout=10)
         proc.stdout.close()
+
+
+def test_close_drops_a_held_request_at_once():
+    """A request held for a timeout fault does not outlive the server: close() drops it."""
+    srv = ScoringServer(fault="timeout", delay=HOLD_S).start()
+    outcome: list[BaseException | dict] = []
+    r = reward(srv.url, timeout_s=120, max_retries=0)
+    client = threading.Thread(target=lambda: outcome.append(r.score_batch(batch(1))[0]))
+    client.start()
+    deadline = threading.Event()
+    for _ in range(600):  # until the request is held (at most 60 s)
+        with srv.lock:
+            if srv.stats["in_flight"] == 1:
+                break
+        deadline.wait(0.1)
+    srv.close()
+    client.join(timeout=60)
+    assert not client.is_alive(), "the held request outlived close()"
+    assert isinstance(outcome[0], BaseException) and "cannot connect" in str(outcome[0])

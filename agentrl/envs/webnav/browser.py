@@ -81,7 +81,7 @@ class BrowserError(SiteError):
 class Chromium:
     """A headless Chromium process and one tab, over a CDP pipe. A context manager."""
 
-    def __init__(self, executable: str = "/usr/bin/chromium", timeout: float = 10.0):
+    def __init__(self, executable: str = "chromium", timeout: float = 10.0):
         self.executable = executable
         self.timeout = timeout
         self.proc: subprocess.Popen | None = None
@@ -100,9 +100,12 @@ class Chromium:
         return self.proc is not None and not self.broken and self.proc.poll() is None
 
     def start(self) -> Chromium:
-        if not os.path.exists(self.executable):
+        # a name is looked up on PATH; a path must be an executable file
+        executable = shutil.which(self.executable)
+        if executable is None:
             raise BrowserError(
-                f"Chromium not found at {self.executable} (Debian: apt-get install chromium)"
+                f"Chromium not found: {self.executable!r} is not an executable on PATH "
+                "(Debian: apt-get install chromium)"
             )
         self.profile = tempfile.mkdtemp(prefix="agentrl-chromium-")
         to_r, self._to = os.pipe()
@@ -114,7 +117,7 @@ class Chromium:
         flags = [*FLAGS, f"--user-data-dir={self.profile}", "about:blank"]
         if os.geteuid() == 0:
             flags.insert(0, "--no-sandbox")  # Chromium's sandbox refuses to run as root
-        cmd = [sys.executable, "-c", _TRAMPOLINE, str(a), str(b), self.executable, *flags]
+        cmd = [sys.executable, "-c", _TRAMPOLINE, str(a), str(b), executable, *flags]
         try:
             with open(os.path.join(self.profile, "stderr.log"), "wb") as err:
                 self.proc = subprocess.Popen(

@@ -55,7 +55,7 @@ class WebNav:
         size: a lazy search, right only when the wanted item happens to come first, that RL can
         replace with the item's full name (a choice the tiny model can make: it copies names).
     http_timeout: seconds an HTTP request (or a page load in the browser) may take.
-    chromium: the Chromium executable of the browser backend.
+    chromium: the Chromium executable of the browser backend (a name on PATH, or a path).
     """
 
     name = "webnav"
@@ -82,7 +82,7 @@ class WebNav:
         fix_prob: float = 0.0,
         kind_query_prob: float = 0.0,
         http_timeout: float = 10.0,
-        chromium: str = "/usr/bin/chromium",
+        chromium: str = "chromium",
     ):
         _check_args(locals())
         self.seed = seed
