@@ -20,7 +20,7 @@ from agentrl import stopping
 from agentrl import value as V
 from agentrl.batching import TokenBatch
 from agentrl.preference import preference_step
-from agentrl.rewards.base import score_batch
+from agentrl.rewards.base import as_reward, score_batch
 from agentrl.rl_step import rl_step
 from agentrl.rng import rng_state, set_rng_state
 from agentrl.rollout.chat import ChatFormat
@@ -58,14 +58,15 @@ class AgentRLModule(L.LightningModule):
         self.automatic_optimization = False
         if temperature <= 0:
             raise ValueError(f"rollout.temperature must be > 0, got {temperature}")
-        step = getattr(algorithm, "step", None)
-        if step not in STEPS:
-            raise ValueError(f"algorithm.step must be one of {tuple(STEPS)}, got {step!r}")
-        self.step_fn = STEPS[step]
+        if algorithm.step not in STEPS:
+            raise ValueError(
+                f"algorithm.step must be one of {tuple(STEPS)}, got {algorithm.step!r}"
+            )
+        self.step_fn = STEPS[algorithm.step]
         self.policy = policy
         self.tokenizer = tokenizer
         self.suite = suite
-        self.reward = reward
+        self.reward = as_reward(reward)
         self.algorithm = algorithm
         self.engine = engine
         self.optimizer_factory = optimizer
@@ -81,7 +82,7 @@ class AgentRLModule(L.LightningModule):
         )
         self.reference = None
         self.critic = None
-        if getattr(algorithm, "needs_values", False):
+        if algorithm.needs_values:
             self.critic = V.build_critic(policy, algorithm.value_head)
         self.rl_step = 0
         self.counters = {"failed_episodes": 0, "skipped_updates": 0}
@@ -233,9 +234,8 @@ class AgentRLModule(L.LightningModule):
             "counters": dict(self.counters),
             "algorithm": self.algorithm.state_dict(),
             "rng": rng_state(),
+            "reward": self.reward.state_dict(),
         }
-        if hasattr(self.reward, "state_dict"):
-            checkpoint["agentrl"]["reward"] = self.reward.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("agentrl")
@@ -248,7 +248,7 @@ class AgentRLModule(L.LightningModule):
         if "algorithm" in state:
             self.algorithm.load_state_dict(state["algorithm"])
         set_rng_state(state["rng"])
-        if "reward" in state and hasattr(self.reward, "load_state_dict"):
+        if "reward" in state:
             self.reward.load_state_dict(state["reward"])
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and dm.stream is not None:

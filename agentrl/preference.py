@@ -14,7 +14,9 @@ step's, timed the same way into ``perf/<phase>_s``:
     update    epochs x minibatches of pairs through the module's PolicyUpdater (micro-batched,
               a pair never split), the algorithm's loss(logprobs, ref_logprobs, mask)
     sync, log as in RL; ``pref/`` metrics: chosen/rejected implicit rewards, margin, accuracy,
-              pairs, ties (ranked groups whose rewards were all equal), skipped tasks (env)
+              pairs, ties (ranked groups whose rewards were all equal), skipped tasks (env);
+              and the components' ``env/``, ``reward/``, ``gateway/`` metrics, as in RL
+              (``agentrl.metrics_channel``)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from agentrl import stopping
 from agentrl.batching import collate
+from agentrl.metrics_channel import component_metrics
 from agentrl.pairs import env_pairs, pair_trajectories, ranked_pairs
 from agentrl.rewards.base import score_batch
 from agentrl.step_data import PairBatch
@@ -54,7 +57,8 @@ def preference_step(module, batch) -> None:
     with timer("sync"):
         module.engine.sync(module.policy)
     module.rl_step = step + 1
-    module.last_samples = sampled or [t for p in pairs for t in p.trajectories]
+    episodes = sampled or [t for p in pairs for t in p.trajectories]
+    module.last_samples = episodes
     metrics = {}
     if sampled:
         ok = [t for t in sampled if t.status != "failed"]
@@ -67,6 +71,9 @@ def preference_step(module, batch) -> None:
     metrics["perf/peak_rss_gb"] = peak_rss_gb()
     metrics["loss/skipped_updates_total"] = float(module.counters["skipped_updates"])
     metrics["train/rl_step"] = float(module.rl_step)
+    # env counters, reward statistics (when the step's episodes were ranked by the reward) and
+    # runner counts: the same channel as the RL step's
+    metrics.update(component_metrics(module, episodes, rewarded=bool(sampled)))
     module.log_train(metrics)
 
 

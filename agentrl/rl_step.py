@@ -72,12 +72,7 @@ def old_from_update(algorithm, critic) -> bool:
     rollout's), no critic, and the KL not in the reward (which needs them before the update).
     The score phase then skips that forward: one forward of the batch fewer per step."""
     a = algorithm
-    return (
-        a.epochs == 1
-        and a.minibatches == 1
-        and critic is None
-        and getattr(a, "kl_mode", "loss") != "reward"
-    )
+    return a.epochs == 1 and a.minibatches == 1 and critic is None and a.kl_mode != "reward"
 
 
 def score(module, trajs: list[Trajectory]) -> ScoredBatch | None:

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from agentrl.metrics_channel import component_metrics
 from agentrl.types import Trajectory
 
 
@@ -48,9 +49,10 @@ def episode_metrics(trajs: list[Trajectory], prefix: str) -> dict[str, float]:
 
 
 def train_metrics(host, trajs: list[Trajectory], counts: dict, stats: dict) -> dict[str, float]:
-    """The RL step's row: episode means, reward components, env counters, failures, the
-    update's ``stats``. ``host`` (the module) gives ``counters`` (updated here), ``rl_step``,
-    ``suite`` and ``runner``; ``counts`` are ``score_batch``'s."""
+    """The RL step's row: episode means, reward components, failures, the update's ``stats``
+    and the components' own metrics (``metrics_channel.component_metrics``: env counters,
+    reward and runner statistics). ``host`` (the module) gives ``counters`` (updated here),
+    ``rl_step``, ``suite``, ``reward`` and ``runner``; ``counts`` are ``score_batch``'s."""
     ok = [t for t in trajs if t.status != "failed"]
     failed = len(trajs) - len(ok)
     host.counters["failed_episodes"] += failed
@@ -59,22 +61,13 @@ def train_metrics(host, trajs: list[Trajectory], counts: dict, stats: dict) -> d
         m["env/success_rate"] = m.pop("rollout/success_rate")
     for name in sorted({k for t in ok for k in t.reward_components}):
         m[f"reward/{name}"] = float(np.mean([t.reward_components.get(name, 0.0) for t in ok]))
-    # counters an env reports in info["metrics"] (e.g. codegen's sandbox failures): step sums
-    for name in sorted({k for t in trajs for x in t.turns for k in x.info.get("metrics", {})}):
-        m[f"env/{name}"] = float(
-            sum(x.info.get("metrics", {}).get(name, 0.0) for t in trajs for x in t.turns)
-        )
     m["rollout/failed_episodes"] = float(failed)
     m["rollout/failed_episodes_total"] = float(host.counters["failed_episodes"])
     m["rollout/reward_errors"] = float(counts["reward_errors"] + counts["reward_nonfinite"])
     # the same count under validation's name for it (val/reward_failures)
     m["rollout/reward_failures"] = m["rollout/reward_errors"]
-    # the reward's own per-batch statistics (namespaced by the reward, e.g. reward/api_retries)
-    m.update({k: float(v) for k, v in counts.items() if "/" in k})
     m["loss/skipped_updates_total"] = float(host.counters["skipped_updates"])
     m.update({k: v for k, v in stats.items() if not k.startswith("_")})
-    if hasattr(host.suite, "metrics"):  # env-specific counts (tool faults, ...), env/<name>
-        m.update(host.suite.metrics(trajs))
     m["train/rl_step"] = float(host.rl_step)
-    m.update(host.runner.metrics() if hasattr(host.runner, "metrics") else {})
+    m.update(component_metrics(host, trajs, rewarded=True))
     return m

@@ -138,7 +138,7 @@ class PolicyUpdater:
         divisor is the padded width."""
         sub = batch.select(micro)
         fixed_norm = self.algorithm.aggregation == "seq_mean_token_sum_norm" and (
-            getattr(self.algorithm, "max_completion_length", None) is None
+            self.algorithm.max_completion_length is None
         )
         width = sub.input_ids.shape[1] if fixed_norm else sub.used_width()
         if width < sub.input_ids.shape[1]:

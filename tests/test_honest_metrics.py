@@ -13,7 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from agentrl.rewards.base import RewardOutput, score_batch
+from agentrl.rewards.base import RewardOutput, as_reward, score_batch
+from agentrl.rollout.runner import EpisodeRunner
 from agentrl.step_metrics import train_metrics
 from agentrl.train import run
 from tests.test_callbacks import traj
@@ -83,7 +84,8 @@ def test_a_step_whose_rewards_all_failed_has_no_mean_and_counts_them():
         counters=Counter(failed_episodes=0, skipped_updates=0),
         rl_step=1,
         suite=None,
-        runner=None,
+        reward=as_reward(UnreachableReward()),
+        runner=EpisodeRunner(None, None, None, 512),
     )
     m = train_metrics(host, trajs, counts, {})
     assert not [k for k, v in m.items() if math.isnan(v)]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as nnf
 
 from agentrl.pairs import PERTURBATIONS, PreferencePair, load_pairs
+from agentrl.protocols import PreferenceAlgorithm
 
 LOSS_TYPES = ("dpo", "ipo")
 PAIR_SOURCES = ("env", "file", "reference", "policy")
@@ -66,7 +67,7 @@ def split_pairs(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @dataclass
-class DPO:
+class DPO(PreferenceAlgorithm):
     """Configured from ``conf/algorithm/dpo.yaml`` (offline) or ``online_dpo.yaml`` (pairs
     sampled from the current policy each step); see the YAML for each field."""
 

@@ -11,6 +11,7 @@ from agentrl.algorithms import credit as C
 from agentrl.algorithms import functional as F
 from agentrl.algorithms import objective
 from agentrl.algorithms.kl import KLController
+from agentrl.protocols import RLAlgorithm
 
 # loss_type -> (its aggregation, the level of its importance ratio)
 LOSS_TYPES = {
@@ -27,7 +28,7 @@ LOSS_TYPES = {
 
 
 @dataclass
-class GRPO:
+class GRPO(RLAlgorithm):
     """Configured (not subclassed) from ``conf/algorithm/{grpo,dr_grpo,dapo,gspo}.yaml``; see the
     YAML for each field. ``aggregation=None`` means the loss_type's own (``LOSS_TYPES``); only
     ``loss_type=grpo`` accepts another one."""

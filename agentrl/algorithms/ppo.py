@@ -15,6 +15,7 @@ from agentrl.algorithms import credit as C
 from agentrl.algorithms import functional as F
 from agentrl.algorithms import objective
 from agentrl.algorithms.kl import KLController
+from agentrl.protocols import RLAlgorithm
 from agentrl.value import VALUE_HEADS
 
 
@@ -79,7 +80,7 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tens
 
 # ----------------------------------------------------------------- the algorithm
 @dataclass
-class PPO:
+class PPO(RLAlgorithm):
     """Configured from ``conf/algorithm/ppo.yaml``; see the YAML for each field. The module builds
     the value head (``agentrl.value``) because ``needs_values`` is True, computes old values in
     the score phase; ``advantages`` is GAE over them."""

@@ -11,10 +11,11 @@ from agentrl.algorithms import credit as C
 from agentrl.algorithms import functional as F
 from agentrl.algorithms import objective
 from agentrl.algorithms.kl import KLController
+from agentrl.protocols import RLAlgorithm
 
 
 @dataclass
-class ReinforcePP:
+class ReinforcePP(RLAlgorithm):
     """Configured from ``conf/algorithm/reinforce_pp.yaml``; see the YAML for each field. Same
     interface as ``GRPO``: only the advantages differ (``functional.batch_advantages``)."""
 

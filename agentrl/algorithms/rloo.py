@@ -10,10 +10,11 @@ from agentrl.algorithms import credit as C
 from agentrl.algorithms import functional as F
 from agentrl.algorithms import objective
 from agentrl.algorithms.kl import KLController
+from agentrl.protocols import RLAlgorithm
 
 
 @dataclass
-class RLOO:
+class RLOO(RLAlgorithm):
     """Configured from ``conf/algorithm/rloo.yaml``; see the YAML for each field. Same interface
     as ``GRPO``: only the advantages differ, A_i = r_i - mean of the group's other rewards."""
 

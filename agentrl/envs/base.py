@@ -13,7 +13,9 @@ Optional, for suites that own resources or count their own faults::
     suite.close()                               # release servers, browsers, sandboxes (idempotent);
                                                 # training and evaluation call ``close_suite``
                                                 # on every exit path
-    suite.metrics(trajectories) -> dict         # extra counts logged each step (``env/...``)
+    suite.metrics(trajectories) -> dict         # extra counts logged each step under ``env/``
+                                                # (by ``agentrl.metrics_channel``; an env step
+                                                # may also count in ``info["metrics"]``)
 
 Episode envs are text in, text out. ``step`` never raises on a malformed action: it returns an
 observation the agent can read (and ``info["invalid"] = True``). The turn cap is the env's.

@@ -11,11 +11,12 @@ from __future__ import annotations
 import re
 
 from agentrl.gateway.record import RolloutRecord
+from agentrl.protocols import Reward
 from agentrl.rewards.base import RewardOutput
 from agentrl.types import Task, Trajectory
 
 
-class ReportedReward:
+class ReportedReward(Reward):
     """total = the rollout's reported reward; components: ``reported`` and ``success``."""
 
     name = "reported"

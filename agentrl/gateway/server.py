@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import functools
 import hmac
-import inspect
 import logging
 import math
 import queue
@@ -398,9 +397,7 @@ class Gateway:
         if self.generator_fn is not None and batch[0].rollout is not None:
             gen = self.generator_fn(batch[0].rollout.id, indices[0])
         # the engine reports tokens as they are sampled (else streamed turns are replayed)
-        live = any(p.text is not None for p in batch) and (
-            "on_token" in inspect.signature(self.engine.generate).parameters
-        )
+        live = any(p.text is not None for p in batch) and self.engine.streams_tokens
         kwargs = {"on_token": functools.partial(self._on_token, batch)} if live else {}
         try:
             outs = self.engine.generate([p.prompt_ids for p in batch], params, gen, **kwargs)

@@ -37,6 +37,7 @@ import urllib.request
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
+from agentrl.protocols import Reward
 from agentrl.rewards.base import RewardOutput, RewardUnavailable
 from agentrl.types import Task, Trajectory
 
@@ -77,7 +78,7 @@ def item_record(traj: Trajectory) -> dict:
     return {"id": hashlib.sha256(blob.encode()).hexdigest()[:24], **body}
 
 
-class ApiReward:
+class ApiReward(Reward):
     """See the module docstring; every argument is a field of conf/reward/api.yaml."""
 
     name = "api"

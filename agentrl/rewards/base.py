@@ -1,4 +1,5 @@
-"""The Reward contract: ``reward(task, trajectory) -> RewardOutput`` (a float plus named parts).
+"""The Reward contract (``agentrl.protocols.Reward``): ``reward(task, trajectory) ->
+RewardOutput`` (a float plus named parts).
 
 ``score_batch`` is what the training loop calls: it never raises (one exception type aside,
 ``RewardUnavailable``, which a reward raises on purpose to stop the run cleanly). A reward that
@@ -7,22 +8,21 @@ failed; the caller counts and skips it.
 
 A reward is any of:
 
-- a callable ``(task, trajectory) -> RewardOutput | float`` (a user's plain function plugs in
+- a subclass of ``agentrl.protocols.Reward`` (every reward of the package): ``__call__``, and
+  where it has them ``score_batch(trajectories) -> list[RewardOutput | float | BaseException]``
+  (cheaper in batch: HTTP, a judge or a reward model; an exception in the list fails that
+  episode only), ``metrics() -> dict[str, float]`` (statistics of its last batch, already
+  namespaced, e.g. ``reward/api_retries``, which the step's metrics collector logs) and
+  ``state_dict()`` / ``load_state_dict()`` (saved in the run's checkpoints, e.g. running
+  normalisation statistics); the protocol's defaults say "none";
+- a plain callable ``(task, trajectory) -> RewardOutput | float`` (a user's function plugs in
   with ``_target_: mymodule.my_reward`` and ``_partial_: true``; a float becomes one component
-  named after the function);
-- an object that also has ``score_batch(trajectories) -> list[RewardOutput | float |
-  BaseException]``, one entry per trajectory: rewards that are cheaper in batch (HTTP, a judge
-  or reward model) implement it; an exception in the list fails that episode only;
-- optionally ``metrics() -> dict[str, float]``: per-batch statistics (already namespaced, e.g.
-  ``reward/api_retries``) that the loop logs after scoring;
-- optionally ``state_dict()`` / ``load_state_dict()``: state saved in the run's checkpoints
-  (e.g. running normalisation statistics).
+  named after the function), or an object of the protocol's shape that does not subclass it:
+  ``as_reward`` adapts it, once, where the module (or a composite) receives it.
 
 A reward that needs a trained model (``reward=learned``, alone or in a composite) gets it from
 the run's reward-model stage (``agentrl.rewards.training.reward_model_stage``), which runs before
-the policy is loaded; the reward itself never trains. (``LearnedReward.prepare(cfg, suite)``, and
-``CompositeReward.prepare`` forwarding to its parts, run that stage for one reward alone, for
-scripts; a run does not call ``prepare``.)
+the policy is loaded; the reward itself never trains.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+from agentrl.protocols import Reward
 from agentrl.types import Trajectory
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,31 @@ def reward_name(reward_fn) -> str:
         return str(reward_fn.name)
     fn = reward_fn.func if isinstance(reward_fn, functools.partial) else reward_fn
     return getattr(fn, "__name__", type(fn).__name__)
+
+
+class _Adapted(Reward):
+    """A reward written outside the package (a plain function, or an object of the protocol's
+    shape that does not subclass it), with the protocol's defaults for what it lacks."""
+
+    def __init__(self, reward):
+        self.reward = reward
+        self.name = reward_name(reward)
+        # a foreign object: its optional members are looked up once, here
+        for hook in ("score_batch", "metrics", "state_dict", "load_state_dict"):
+            if hasattr(reward, hook):
+                setattr(self, hook, getattr(reward, hook))
+
+    def __call__(self, task, trajectory: Trajectory):
+        return self.reward(task, trajectory)
+
+
+def as_reward(reward) -> Reward:
+    """``reward`` as a ``Reward``: itself when it subclasses the protocol, else adapted."""
+    if Reward in type(reward).__mro__:
+        return reward
+    if not callable(reward) and not hasattr(reward, "score_batch"):
+        raise ValueError(f"a reward must be callable, got {type(reward).__name__}")
+    return _Adapted(reward)
 
 
 def as_output(value, name: str) -> RewardOutput:
@@ -86,31 +112,22 @@ def raw_outputs(reward_fn, trajectories: list[Trajectory]) -> list:
 
     ``RewardUnavailable`` propagates; every other exception is returned in place.
     """
-    if hasattr(reward_fn, "score_batch"):
-        try:
-            outs = list(reward_fn.score_batch(trajectories))
-        except RewardUnavailable:
-            raise
-        except Exception as exc:
-            return [exc] * len(trajectories)
-        if len(outs) != len(trajectories):
-            err = ValueError(f"score_batch returned {len(outs)} values for {len(trajectories)}")
-            return [err] * len(trajectories)
-        return outs
-    outs = []
-    for traj in trajectories:
-        try:
-            outs.append(reward_fn(traj.task, traj))
-        except RewardUnavailable:
-            raise
-        except Exception as exc:
-            outs.append(exc)
+    try:
+        outs = list(as_reward(reward_fn).score_batch(trajectories))
+    except RewardUnavailable:
+        raise
+    except Exception as exc:
+        return [exc] * len(trajectories)
+    if len(outs) != len(trajectories):
+        err = ValueError(f"score_batch returned {len(outs)} values for {len(trajectories)}")
+        return [err] * len(trajectories)
     return outs
 
 
 def score_batch(reward_fn, trajectories: list[Trajectory]) -> dict[str, float]:
-    """Fill reward and reward_components of each trajectory in place. Returns failure counts
-    (``reward_errors``, ``reward_nonfinite``) and the reward's own metrics (``metrics()``)."""
+    """Fill reward and reward_components of each trajectory in place. Returns the failure
+    counts (``reward_errors``, ``reward_nonfinite``); the reward's own statistics are its
+    ``metrics()``, which the step's collector reads (``agentrl.metrics_channel``)."""
     counts: dict[str, float] = {"reward_errors": 0, "reward_nonfinite": 0}
     live = [t for t in trajectories if t.status != "failed"]
     name = reward_name(reward_fn)
@@ -134,9 +151,4 @@ def score_batch(reward_fn, trajectories: list[Trajectory]) -> dict[str, float]:
             continue
         traj.reward = float(out.total)
         traj.reward_components = dict(out.components)
-    if hasattr(reward_fn, "metrics"):
-        try:
-            counts.update(reward_fn.metrics())
-        except Exception as exc:  # statistics must not stop training
-            log.warning("reward metrics failed: %r", exc)
     return counts

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 
-from agentrl.rewards.base import RewardOutput, as_output, raw_outputs, reward_name
+from agentrl.protocols import Reward
+from agentrl.rewards.base import RewardOutput, as_output, as_reward, raw_outputs, reward_name
 from agentrl.types import Trajectory
 
 NORMALIZE = ("none", "running", "batch")
@@ -57,16 +58,14 @@ class Part:
             raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
         if not math.isfinite(weight):
             raise ValueError(f"weight must be finite, got {weight}")
-        if not callable(reward) and not hasattr(reward, "score_batch"):
-            raise ValueError(f"reward must be callable, got {type(reward).__name__}")
-        self.reward = reward
+        self.reward = as_reward(reward)
         self.weight = float(weight)
         self.normalize = normalize
         self.eps = eps
         self.stats = RunningStats()
 
 
-class CompositeReward:
+class CompositeReward(Reward):
     """parts: ``{name: {reward: <a reward config>, weight: w, normalize: none|running|batch}}``
     (or Part objects). Running statistics are updated by every scored batch (validation too)."""
 
@@ -152,26 +151,16 @@ class CompositeReward:
     def metrics(self) -> dict[str, float]:
         out = {}
         for key, part in self.parts.items():
-            if hasattr(part.reward, "metrics"):
-                out.update(part.reward.metrics())
+            out.update(part.reward.metrics())
             if part.normalize == "running":
                 out[f"reward/{key}/running_mean"] = part.stats.mean
                 out[f"reward/{key}/running_std"] = part.stats.std
         return out
 
-    def prepare(self, cfg, suite) -> None:
-        """Each part's ``prepare`` (``LearnedReward.prepare``: the reward-model stage for that
-        reward alone, for scripts; a run calls ``reward_model_stage``, which finds the parts)."""
-        for part in self.parts.values():
-            if hasattr(part.reward, "prepare"):
-                part.reward.prepare(cfg, suite)
-
     def state_dict(self) -> dict:
         state = {}
         for key, part in self.parts.items():
-            state[key] = {"stats": part.stats.state_dict()}
-            if hasattr(part.reward, "state_dict"):
-                state[key]["reward"] = part.reward.state_dict()
+            state[key] = {"stats": part.stats.state_dict(), "reward": part.reward.state_dict()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -179,5 +168,5 @@ class CompositeReward:
             if key not in state:
                 continue
             part.stats.load_state_dict(state[key]["stats"])
-            if "reward" in state[key] and hasattr(part.reward, "load_state_dict"):
+            if "reward" in state[key]:
                 part.reward.load_state_dict(state[key]["reward"])

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from agentrl.protocols import Reward
 from agentrl.rewards.base import RewardOutput
 from agentrl.types import Task, Trajectory
 
 
-class EnvReturn:
+class EnvReturn(Reward):
     """total = weight * sum of the env's step rewards - step_penalty * turns
     - invalid_penalty * invalid actions.
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from agentrl.protocols import Reward
 from agentrl.rewards.base import RewardOutput
 from agentrl.types import Task, Trajectory
 
 
-class HeuristicReward:
+class HeuristicReward(Reward):
     """total = success_weight * success + format_bonus * (no invalid action)
     - step_penalty * turns - invalid_penalty * invalid actions.
 

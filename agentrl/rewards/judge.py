@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from agentrl.protocols import Reward
 from agentrl.rewards.base import RewardOutput
 from agentrl.types import Trajectory
 
@@ -137,7 +138,7 @@ def transcript(traj: Trajectory) -> str:
     return "\n".join(lines)
 
 
-class JudgeReward:
+class JudgeReward(Reward):
     """backend: ``local`` (``judge``: a model spec) or ``openai`` (``url``, ``model_name``,
     ``auth_env``). rubric: the instructions (``{min_score}``, ``{max_score}`` and, relative,
     ``{labels}`` are filled in). relative: score each group's episodes together. Every argument

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from agentrl.protocols import Reward
 from agentrl.rewards.base import RewardOutput
 from agentrl.rollout.chat import ChatFormat
 from agentrl.types import Task, Trajectory, Turn
@@ -247,7 +248,7 @@ def spec_identity(obj):
     return {"class": cls, **{k: spec_identity(v) for k, v in vars(obj).items()}}
 
 
-class LearnedReward:
+class LearnedReward(Reward):
     """backbone: a model spec (``conf/model`` style; ``load() -> (model, tokenizer)``).
     checkpoint: a saved reward model folder (``model.pt``); null: the reward-model stage trains one.
     training: the settings of ``agentrl.rewards.training.train`` (pairs, steps, lr, ...).
@@ -319,14 +320,6 @@ class LearnedReward:
         self.model = RewardModel(net)
         self.encoder = EpisodeEncoder(tokenizer, self.max_len)
         return self.model
-
-    def prepare(self, cfg, suite) -> None:
-        """The reward-model stage (``agentrl.rewards.training.prepare_reward_model``) for this
-        reward alone: load ``checkpoint``, or the cached model of these settings, or train one
-        now. A run calls the stage itself (``agentrl.train.fit``); this is for scripts."""
-        from agentrl.rewards.training import prepare_reward_model
-
-        prepare_reward_model(self, cfg, suite)
 
     def to_device(self) -> None:
         name = self.device

@@ -1,9 +1,10 @@
-"""The RolloutEngine contract and the in-process Hugging Face engine.
+"""The RolloutEngine contract (``agentrl.protocols.Engine``) and the in-process HF engine.
 
 ``generate(prompts, params) -> list[Generation]``: token ids in, token ids and the behaviour
 log-probability of each sampled token out. Episodes are extended token by token by the caller.
 ``HFEngine.generate`` also takes ``on_token(i, token_id, logprob)``, called from its decoding
-loop as each step samples prompt ``i``'s next token (the gateway streams with it).
+loop as each step samples prompt ``i``'s next token (it declares ``streams_tokens``: the gateway
+streams with it).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from agentrl.batching import base_forward, takes_logits_to_keep
+from agentrl.protocols import Engine
 
 
 @dataclass
@@ -71,13 +73,15 @@ def sample_next(
     return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
 
 
-class HFEngine:
+class HFEngine(Engine):
     """Batched generation with the trainer's own model (shared weights) and a KV cache.
 
     micro_batch_size: at most this many prompts go through one forward pass.
     """
 
     name = "hf"
+    # generate takes on_token (the gateway streams with it)
+    streams_tokens = True
 
     def __init__(self, micro_batch_size: int = 256):
         if micro_batch_size < 1:

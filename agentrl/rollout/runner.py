@@ -12,6 +12,7 @@ import logging
 import torch
 
 from agentrl import stopping
+from agentrl.protocols import Runner
 from agentrl.rollout.chat import ChatFormat
 from agentrl.rollout.engine import Generation, SamplingParams
 from agentrl.types import Task, Trajectory, Turn
@@ -45,8 +46,9 @@ class _Episode:
         log.warning("episode %s failed in %s: %r", self.traj.task.id, where, exc)
 
 
-class EpisodeRunner:
-    """Runs episodes of one env suite with one engine.
+class EpisodeRunner(Runner):
+    """Runs episodes of one env suite with one engine (``sampling`` and ``metrics``: the
+    ``Runner`` protocol's).
 
     max_seq_len: an episode whose tokens would exceed this is stopped ("truncated").
     """
@@ -56,16 +58,6 @@ class EpisodeRunner:
         self.chat = chat
         self.suite = suite
         self.max_seq_len = max_seq_len
-
-    def sampling(self, temperature: float, top_p: float, greedy: bool) -> SamplingParams:
-        return SamplingParams(
-            max_new_tokens=self.suite.max_action_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            greedy=greedy,
-            stop_token_ids=[self.chat.end_of_turn_id],
-            stop_strings=list(self.suite.stop_strings),
-        )
 
     def _start(self, task: Task, group: int) -> _Episode:
         env = self.suite.make()

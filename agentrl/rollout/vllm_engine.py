@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from agentrl.protocols import Engine
 from agentrl.rollout.engine import Generation, SamplingParams
 from agentrl.utils.instantiate import ConfigError
 
@@ -109,7 +110,7 @@ def _shutdown(state: dict) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-class VLLMEngine:
+class VLLMEngine(Engine):
     """A vLLM engine in the trainer's process; settings documented in ``conf/rollout/vllm.yaml``."""
 
     name = "vllm"

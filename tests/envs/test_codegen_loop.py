@@ -16,7 +16,7 @@ from agentrl.envs.codegen.suite import CodeGen, code_action
 from agentrl.envs.codegen.tasks import program_code
 from agentrl.envs.sandbox import Sandbox
 from agentrl.models.tokenizer import load_tiny_tokenizer
-from agentrl.rewards.base import score_batch
+from agentrl.rewards.base import as_reward, score_batch
 from agentrl.rewards.env_return import EnvReturn
 from agentrl.rollout.chat import ChatFormat
 from agentrl.rollout.runner import EpisodeRunner
@@ -64,7 +64,8 @@ def test_sandbox_failures_are_counted_and_the_batch_goes_on(chat, tmp_path):
         counters=Counter(failed_episodes=0, skipped_updates=0),
         rl_step=0,
         suite=suite,
-        runner=None,
+        reward=as_reward(EnvReturn()),
+        runner=EpisodeRunner(None, chat, suite, 512),
     )
     counts = {"reward_errors": 0, "reward_nonfinite": 0}
     m = train_metrics(host, trajs, counts, {})

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from agentrl.protocols import Engine
 from agentrl.rollout.engine import Generation, HFEngine
 
 
-class ScriptedEngine:
+class ScriptedEngine(Engine):
     """Answers each prompt with the next scripted text (its canonical ids + end of turn) and
     records every prompt it was given."""
+
+    name = "scripted"
 
     def __init__(self, tokenizer, replies: list[str]):
         self.tokenizer = tokenizer

@@ -20,6 +20,12 @@ from agentrl.rewards.server import ScoringServer, _Handler
 from agentrl.types import Task, Trajectory, Turn
 
 
+def scored(reward, trajs) -> dict:
+    """score_batch's failure counts and the reward's own metrics, which the training step's
+    collector (agentrl.metrics_channel) reads after scoring."""
+    return {**score_batch(reward, trajs), **reward.metrics()}
+
+
 def episode(i: int, answer: int, said: int) -> Trajectory:
     return Trajectory(
         task=Task(f"t{i}", f"Compute {answer}+0", answer),
@@ -71,14 +77,14 @@ def test_scores_in_batches_with_a_cache():
     with ScoringServer() as srv:
         r = reward(srv.url)
         trajs = batch(6)
-        counts = score_batch(r, trajs)
+        counts = scored(r, trajs)
         assert counts["reward_errors"] == 0
         assert [t.reward for t in trajs] == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
         assert trajs[0].reward_components["correct"] == 1.0
         assert srv.stats["requests"] == 3 and srv.stats["items"] == 6  # batch_size 2
         assert counts["reward/api_requests"] == 3
         again = batch(6)
-        counts = score_batch(r, again)
+        counts = scored(r, again)
         assert srv.stats["requests"] == 3  # all cached
         assert counts["reward/api_cache_hits"] == 6
         assert [t.reward for t in again] == [t.reward for t in trajs]
@@ -87,9 +93,7 @@ def test_scores_in_batches_with_a_cache():
 def test_concurrency_limit_is_respected():
     # the server answers only pairs: two requests in flight at once, or none answered
     with PairedServer() as srv:
-        counts = score_batch(
-            reward(srv.url, batch_size=1, max_concurrency=2, timeout_s=120), batch(6)
-        )
+        counts = scored(reward(srv.url, batch_size=1, max_concurrency=2, timeout_s=120), batch(6))
         assert counts["reward/api_retries"] == 0
         assert srv.stats["max_in_flight"] == 2
         assert srv.stats["requests"] == 6
@@ -103,7 +107,7 @@ def test_transient_faults_are_retried(fault):
     with ScoringServer(fault=fault, fail_first=2, delay=HOLD_S) as srv:
         r = reward(srv.url, batch_size=6, max_concurrency=1, **timeout)
         trajs = batch(6)
-        counts = score_batch(r, trajs)
+        counts = scored(r, trajs)
         assert counts["reward_errors"] == 0
         assert counts["reward/api_retries"] == 2 and srv.stats["requests"] == 3
         assert [t.reward for t in trajs] == [1.0, 0.0] * 3
@@ -112,7 +116,7 @@ def test_transient_faults_are_retried(fault):
 def test_slow_but_in_time_is_fine():
     with ScoringServer(fault="slow", delay=0.2) as srv:
         trajs = batch(2)
-        counts = score_batch(reward(srv.url), trajs)
+        counts = scored(reward(srv.url), trajs)
         assert counts["reward/api_retries"] == 0 and trajs[0].reward == 1.0
 
 
@@ -124,13 +128,13 @@ def test_persistent_failure_policies(fault):
     try:
         # drop: every episode failed and counted, nothing raised
         trajs = batch(4)
-        counts = score_batch(reward(url, timeout_s=0.2, on_failure="drop"), trajs)
+        counts = scored(reward(url, timeout_s=0.2, on_failure="drop"), trajs)
         assert counts["reward_errors"] == 4 and counts["reward/api_failed_episodes"] == 4
         assert all(t.status == "failed" and "attempts" in t.error for t in trajs)
         assert counts["reward/api_retries"] == 4  # 2 batches x 2 retries
         # default: the configured value
         trajs = batch(2)
-        counts = score_batch(
+        counts = scored(
             r := reward(url, timeout_s=0.2, on_failure="default", default_value=-1), trajs
         )
         assert counts["reward_errors"] == 0 and [t.reward for t in trajs] == [-1.0, -1.0]
@@ -148,7 +152,7 @@ def test_client_errors_are_not_retried_and_key_comes_from_the_env(monkeypatch):
     with ScoringServer(require_key="s3cret") as srv:
         monkeypatch.delenv("MY_SCORER_KEY", raising=False)
         trajs = batch(2)
-        counts = score_batch(reward(srv.url, auth_env="MY_SCORER_KEY"), trajs)
+        counts = scored(reward(srv.url, auth_env="MY_SCORER_KEY"), trajs)
         assert counts["reward_errors"] == 2 and "HTTP 401" in trajs[0].error
         assert counts["reward/api_retries"] == 0
         monkeypatch.setenv("MY_SCORER_KEY", "s3cret")

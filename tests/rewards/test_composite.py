@@ -143,10 +143,7 @@ class Stateful:
     name = "stateful"
 
     def __init__(self):
-        self.prepared, self.state = None, {"seen": 0}
-
-    def prepare(self, cfg, suite):
-        self.prepared = (cfg, suite)
+        self.state = {"seen": 0}
 
     def score_batch(self, trajectories):
         self.state["seen"] += len(trajectories)
@@ -162,14 +159,12 @@ class Stateful:
         self.state = dict(state)
 
 
-def test_composite_forwards_prepare_metrics_and_state():
+def test_composite_forwards_metrics_and_state():
     part = Stateful()
     comp = CompositeReward({"h": Part(constant({"t": 1.0})), "s": Part(part, weight=2.0)})
-    comp.prepare("cfg", "suite")
-    assert part.prepared == ("cfg", "suite")
     t = traj()
-    counts = score_batch(comp, [t])
-    assert t.reward == pytest.approx(2.0) and counts["reward/stateful_seen"] == 1.0
+    score_batch(comp, [t])
+    assert t.reward == pytest.approx(2.0) and comp.metrics()["reward/stateful_seen"] == 1.0
     fresh = Stateful()
     CompositeReward({"s": Part(fresh)}).load_state_dict(comp.state_dict())
     assert fresh.state == {"seen": 1}

@@ -59,6 +59,12 @@ def test_unparseable(text):
     assert parse_score(text) is None
 
 
+def scored(reward, trajs) -> dict:
+    """score_batch's failure counts and the reward's own metrics, which the training step's
+    collector (agentrl.metrics_channel) reads after scoring."""
+    return {**score_batch(reward, trajs), **reward.metrics()}
+
+
 def test_parse_with_another_range():
     assert parse_score("Score: 3", min_score=1, max_score=5) == pytest.approx(0.5)
     assert parse_score("Score: 0", min_score=1, max_score=5) is None
@@ -140,7 +146,7 @@ def test_openai_endpoint_with_unparseable_answers_counted(monkeypatch):
     try:
         judge = JudgeReward(backend="openai", url=srv.url, model_name="m", auth_env="JUDGE_KEY")
         trajs = [episode(0, True), episode(1, False), episode(2, True)]
-        counts = score_batch(judge, trajs)
+        counts = scored(judge, trajs)
         assert counts["reward_errors"] == 0
         assert [t.reward for t in trajs] == pytest.approx([0.9, 0.0, 0.9])
         assert counts["reward/judge_unparseable"] == 1 and counts["reward/judge_calls"] == 3
@@ -155,7 +161,7 @@ def test_openai_endpoint_with_unparseable_answers_counted(monkeypatch):
         # unparseable_value null: that episode fails (dropped, counted), the others stand
         drop = JudgeReward(backend="openai", url=srv.url, unparseable_value=None)
         trajs = [episode(0, True), episode(1, False)]
-        counts = score_batch(drop, trajs)
+        counts = scored(drop, trajs)
         assert counts["reward_errors"] == 1 and trajs[1].status == "failed"
 
         # relative: both groups scored in one prompt each
@@ -166,7 +172,7 @@ def test_openai_endpoint_with_unparseable_answers_counted(monkeypatch):
             episode(2, False, 1),
             episode(3, True, 1),
         ]
-        counts = score_batch(rel, trajs)
+        counts = scored(rel, trajs)
         assert [t.reward for t in trajs] == pytest.approx([0.9, 0.1, 0.1, 0.9])
         assert counts["reward/judge_calls"] == 2
         assert "candidates A, B" in srv.bodies[-1]["messages"][0]["content"]
@@ -178,7 +184,7 @@ def test_openai_endpoint_with_unparseable_answers_counted(monkeypatch):
 def test_endpoint_down_fails_episodes_not_the_run():
     judge = JudgeReward(backend="openai", url="http://127.0.0.1:9/v1", max_retries=1, backoff_s=0)
     trajs = [episode(0, True)]
-    counts = score_batch(judge, trajs)
+    counts = scored(judge, trajs)
     assert counts["reward_errors"] == 1 and "judge endpoint" in trajs[0].error
     assert counts["reward/judge_errors"] == 1
 
@@ -195,7 +201,7 @@ def test_local_judge_tiny_model_runs_and_counts_unparseable():
         unparseable_value=0.5,
     )
     trajs = [episode(0, True), episode(1, False)]
-    counts = score_batch(judge, trajs)
+    counts = scored(judge, trajs)
     assert counts["reward_errors"] == 0
     assert counts["reward/judge_calls"] == 2
     n_bad = counts["reward/judge_unparseable"]
@@ -228,6 +234,6 @@ def test_local_judge_smollm2_gives_parseable_scores(tmp_path):
         require_or_skip(str(exc))
     judge = JudgeReward(backend="local", judge=spec, max_new_tokens=4)
     trajs = [episode(0, True)]
-    counts = score_batch(judge, trajs)
+    counts = scored(judge, trajs)
     assert counts["reward_errors"] == 0 and counts["reward/judge_unparseable"] == 0
     assert 0.0 <= trajs[0].reward <= 1.0

@@ -142,12 +142,12 @@ def fake_cfg(tmp_path):
     )
 
 
-def test_prepare_trains_caches_and_reuses(tmp_path, monkeypatch, caplog):
+def test_reward_model_stage_trains_caches_and_reuses(tmp_path, monkeypatch, caplog):
     caplog.set_level("INFO")
     suite = ToolCalc(num_train=100, num_val=30, num_test=10, max_ops=2, guess_prob=0.0)
     cfg = fake_cfg(tmp_path)
     r = LearnedReward(tiny_backbone(), training=small_settings(), cache_dir=str(tmp_path / "rm"))
-    r.prepare(cfg, suite)
+    training.reward_model_stage(cfg, r, suite)
     assert "training one" in caplog.text
     folders = list((tmp_path / "rm").iterdir())
     assert len(folders) == 1 and (folders[0] / "model.pt").is_file()
@@ -162,7 +162,7 @@ def test_prepare_trains_caches_and_reuses(tmp_path, monkeypatch, caplog):
     assert (tmp_path / "run" / "reward_model" / "metrics.csv").is_file()
     trajs = [episode(True, "<answer>6</answer>"), episode(False, "<answer>7</answer>")]
     counts = score_batch(r, trajs)
-    assert counts["reward_errors"] == 0 and "reward/rm_success_auc" in counts
+    assert counts["reward_errors"] == 0 and "reward/rm_success_auc" in r.metrics()
     assert trajs[0].reward_components["learned"] == trajs[0].reward
 
     def boom(*a, **k):
@@ -172,7 +172,7 @@ def test_prepare_trains_caches_and_reuses(tmp_path, monkeypatch, caplog):
     again = LearnedReward(
         tiny_backbone(), training=small_settings(), cache_dir=str(tmp_path / "rm")
     )
-    again.prepare(cfg, suite)
+    training.reward_model_stage(cfg, again, suite)
     assert "reusing the cached" in caplog.text
     again_trajs = [episode(True, "<answer>6</answer>"), episode(False, "<answer>7</answer>")]
     score_batch(again, again_trajs)
@@ -182,7 +182,7 @@ def test_prepare_trains_caches_and_reuses(tmp_path, monkeypatch, caplog):
         tiny_backbone(), training=small_settings(steps=16), cache_dir=str(tmp_path / "rm")
     )
     with pytest.raises(AssertionError, match="retrained"):
-        other.prepare(cfg, suite)
+        training.reward_model_stage(cfg, other, suite)
 
 
 def test_pairs_file_source_and_bad_file(tmp_path):

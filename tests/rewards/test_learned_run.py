@@ -9,6 +9,7 @@ import logging
 
 import pytest
 
+from agentrl.rewards.training import reward_model_stage
 from agentrl.train import build_components, main
 
 SMALL = [
@@ -41,7 +42,7 @@ def test_learned_reward_run_trains_caches_and_reuses(make_cfg, tmp_path, caplog)
     caplog.clear()
     cfg = make_cfg(*SMALL, run="again")
     parts = build_components(cfg)
-    parts["reward"].prepare(cfg, parts["suite"])  # what the next run does first
+    reward_model_stage(cfg, parts["reward"], parts["suite"])  # what the next run does first
     assert "reusing the cached" in caplog.text and "training one" not in caplog.text
 
     main(make_cfg(*SMALL, "mode=reward_model", run="rm"))

@@ -48,6 +48,7 @@ import torch
 
 from agentrl.gateway.record import RolloutRecord, trajectories
 from agentrl.gateway.server import Gateway
+from agentrl.protocols import Runner
 from agentrl.rollout.engine import SamplingParams
 from agentrl.types import Task, Trajectory
 
@@ -170,9 +171,12 @@ def kill_group(popen: subprocess.Popen) -> None:
         log.warning("agent process %d did not exit after SIGKILL", popen.pid)
 
 
-class ExternalRunner:
+class ExternalRunner(Runner):
     """Runs one agent program per task (repeat a task to sample a GRPO group) against a gateway
-    that lives for the duration of ``run``. Same interface as ``EpisodeRunner``."""
+    that lives for the duration of ``run``. A ``Runner`` as ``EpisodeRunner`` is, with the same
+    ``sampling`` (the gateway applies its temperature, top_p and greedy to every request)."""
+
+    namespace = "gateway"
 
     # the gateway's refusals (Gateway.COUNTERS but its request count): 400s, 401s, 403s, 413s,
     # refused rewards, 409s
@@ -187,15 +191,6 @@ class ExternalRunner:
         self.totals = dict.fromkeys(self.COUNTERS, 0)
         self.last: dict[str, float] = {}
         self.gateway: Gateway | None = None
-
-    def sampling(self, temperature: float, top_p: float, greedy: bool) -> SamplingParams:
-        return SamplingParams(
-            max_new_tokens=self.suite.max_action_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            greedy=greedy,
-            stop_token_ids=[self.chat.end_of_turn_id],
-        )
 
     def metrics(self) -> dict[str, float]:
         """The last run's counts and rates, and the totals since the start (``gateway/``)."""
