@@ -76,5 +76,6 @@ def train_metrics(host, trajs: list[Trajectory], counts: dict, stats: dict) -> d
     if hasattr(host.suite, "metrics"):  # env-specific counts (tool faults, ...), env/<name>
         m.update(host.suite.metrics(trajs))
     m["train/rl_step"] = float(host.rl_step)
-    m.update(host.runner.metrics() if hasattr(host.runner, "metrics") else {})
+    runner = getattr(host, "train_runner", host.runner)
+    m.update(runner.metrics() if hasattr(runner, "metrics") else {})
     return m

@@ -78,6 +78,8 @@ class HFEngine:
     """
 
     name = "hf"
+    # holds the trainer's own model: rollout.pipeline=overlap gives its thread a copy
+    shares_weights = True
 
     def __init__(self, micro_batch_size: int = 256):
         if micro_batch_size < 1:
