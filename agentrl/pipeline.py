@@ -101,13 +101,15 @@ class RolloutPipeline:
         self.module = module
         self._threads = torch.get_num_threads()
         engine = module.engine
+        # the thread's own tokenizer (a fast tokenizer refuses concurrent use: "Already borrowed")
+        tokenizer = copy.deepcopy(module.tokenizer)
         if getattr(engine, "shares_weights", False):
             self.snapshot = copy.deepcopy(module.policy).eval().requires_grad_(False)
             self.engine = type(engine)(engine.micro_batch_size)
-            self.engine.bind(self.snapshot, copy.deepcopy(module.tokenizer))
+            self.engine.bind(self.snapshot, tokenizer)
         else:
             self.engine = engine
-        self.runner = module.make_runner(self.engine, copy.deepcopy(module.tokenizer))
+        self.runner = module.make_runner(self.engine, tokenizer)
         if hasattr(self.runner, "cancel"):
             self.runner.cancel = self.cancel
 

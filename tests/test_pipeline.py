@@ -253,3 +253,98 @@ def test_bad_settings_are_one_line(kwargs, match):
     args = {"max_staleness": 1, "max_reuse": 1, "correction": "tis", "correction_cap": 2.0}
     with pytest.raises(ValueError, match=match):
         RolloutPipeline(**{**args, **kwargs})
+
+
+# ----------------------------------------------------------------------------- real runs
+# small settings (as tests/test_stopping.py's): a 40-step warm start, 4 RL steps of 4 tasks,
+# validation (and a checkpoint) every 2 steps
+COMMON = [
+    "rollout.pipeline=overlap",
+    "data.tasks_per_step=4",
+    "data.num_val_tasks=16",
+    "data.val_batch_size=8",
+    "warmstart.steps=40",
+    "warmstart.num_demos=64",
+    "data.steps=4",
+    "trainer.val_check_interval=2",
+    "callbacks.export=null",
+]
+KEYS = (
+    "rollout/reward_mean",
+    "loss/policy",
+    "val/success_rate",
+    "pipeline/staleness_mean",
+    "pipeline/is_weight_mean",
+    "loss/tis_weight_mean",
+)
+
+
+def same_rows(got, want) -> None:
+    from tests.test_train import rows_with
+
+    for key in KEYS:
+        g = [(r["train/rl_step"], r[key]) for r in rows_with(got, key)]
+        w = [(r["train/rl_step"], r[key]) for r in rows_with(want, key)]
+        assert [s for s, _ in g] == [s for s, _ in w], key
+        assert [v for _, v in g] == pytest.approx([v for _, v in w], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_overlap_same_seed_same_metrics_and_resume_reproduces(make_cfg, tmp_path, monkeypatch):
+    from omegaconf import open_dict
+
+    from agentrl.train import run
+    from tests.test_train import SimulatedCrash, metrics_rows, rows_with
+
+    monkeypatch.setenv("AGENTRL_EXTRA_TARGETS", "tests.")
+    run(make_cfg(*COMMON, run="a"))
+    assert not rollout_threads()
+    a = metrics_rows(tmp_path / "a")
+    staleness = [r["pipeline/staleness_mean"] for r in rows_with(a, "pipeline/staleness_mean")]
+    assert staleness == [0.0, 1.0, 1.0, 1.0]
+    assert any(r["rollout/reward_mean"] != 0 for r in rows_with(a, "rollout/reward_mean"))
+    assert rows_with(a, "loss/policy"), "no update ran: the comparison would be trivial"
+    run(make_cfg(*COMMON, run="b"))
+    same_rows(metrics_rows(tmp_path / "b"), a)
+    # crashed before step 3 (checkpointed at the step-2 validation, with step 3's batch, made
+    # from the weights before update 2), then resumed in place
+    crashed = make_cfg(*COMMON, run="c")
+    with open_dict(crashed):
+        crashed.callbacks.crash = {"_target_": "tests.test_train.CrashAt", "step": 2}
+    with pytest.raises(SimulatedCrash):
+        run(crashed)
+    assert not rollout_threads()
+    ckpt = torch.load(tmp_path / "c" / "checkpoints" / "last.ckpt", weights_only=True)
+    (state,) = ckpt["agentrl"]["pipeline"]
+    assert state["ready"]["step"] == 2 and state["ready"]["version"] == 1
+    run(make_cfg(*COMMON, run="c"))
+    same_rows(metrics_rows(tmp_path / "c"), a)
+
+
+@pytest.mark.slow
+def test_overlap_sigterm_during_an_update_saves_and_the_rerun_matches(tmp_path, monkeypatch):
+    from agentrl.train import checkpoint_rl_step
+    from tests import test_stopping as ts
+    from tests.test_train import metrics_rows
+
+    # tests/test_stopping.py's runs (launch.py in its own session), in overlap mode
+    monkeypatch.setattr(ts, "COMMON", ["rollout.pipeline=overlap", *ts.COMMON])
+    cache = tmp_path / "cache"
+    rc, err, _ = ts.launch(tmp_path / "want", cache)
+    assert rc == 0, err[-3000:]
+    # SIGTERM as the update of RL step 3 starts: the rollout of step 4 is in flight
+    rc, err, left = ts.launch(tmp_path / "run", cache, "update:3")
+    assert rc == 143, err[-3000:]
+    assert not left, f"processes left behind: {left}"
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("stopped by SIGTERM")]
+    path = line.split("checkpoint of RL step 3: ")[1].split(";")[0]
+    assert checkpoint_rl_step(path) == 3
+    (state,) = torch.load(path, weights_only=True)["agentrl"]["pipeline"]
+    # abandoned (saved with its snapshot's weights) or, had it finished first, ready
+    saved = state["pending"] or state["ready"]
+    assert (saved["step"], saved["version"]) == (3, 2)
+    assert state["pending"] is None or state["pending"]["weights"]
+    rc, err, left = ts.launch(tmp_path / "run", cache)
+    assert rc == 0, err[-3000:]
+    assert not left
+    same_rows(metrics_rows(tmp_path / "run"), metrics_rows(tmp_path / "want"))
