@@ -302,7 +302,7 @@ class AgentRLModule(L.LightningModule):
         self.rl_step = int(state["rl_step"])
         self.counters.update(state["counters"])
         # state["buffer"] (checkpoints before the replay buffer left the loop) is ignored: it
-        # was always empty at a checkpoint
+        # was always empty at a checkpoint (the overlap pipeline's buffer is state["pipeline"])
         if "algorithm" in state:
             self.algorithm.load_state_dict(state["algorithm"])
         set_rng_state(state["rng"])
@@ -311,14 +311,15 @@ class AgentRLModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and dm.stream is not None:
             dm.stream.position = self.rl_step
-        if self.pipeline is not None and "pipeline" in state:
+        pipeline = getattr(self, "pipeline", None)
+        if pipeline is not None and "pipeline" in state:
             states = state["pipeline"]
             if len(states) != D.world_size():
                 raise ValueError(
                     f"this overlap checkpoint holds {len(states)} ranks' pipelines; it resumes "
                     f"with {len(states)} processes, not {D.world_size()}"
                 )
-            self.pipeline.load_state_dict(
+            pipeline.load_state_dict(
                 states[self.global_rank], lambda step: dm.stream.batch(step)["tasks"]
             )
 
