@@ -31,6 +31,7 @@ import contextlib
 import copy
 import dataclasses
 import threading
+import time
 
 import torch
 
@@ -54,6 +55,8 @@ class _Job:
     abandoned: bool = False
     weights: dict | None = None
     thread: threading.Thread | None = None
+    # seconds the rollout took (in the thread: overlapped with the update, unless waited for)
+    seconds: float = 0.0
 
 
 class RolloutPipeline:
@@ -91,8 +94,9 @@ class RolloutPipeline:
         self.cancel = threading.Event()
         self._stream = None
         self._threads = 1
-        # the staleness of each sample the last update took
+        # the staleness of each sample the last update took; the seconds its batch took to make
         self.staleness: list[int] = []
+        self.generate_s = 0.0
 
     # ----------------------------------------------------------------- setup
     def bind(self, module) -> None:
@@ -165,6 +169,7 @@ class RolloutPipeline:
             group = ids.setdefault((added, t.group), len(ids))
             batch.append(t if group == t.group else dataclasses.replace(t, group=group))
         self.staleness = [step - v for _, _, v in items]
+        self.generate_s = job.seconds
         return job.trajs, batch
 
     def _launch(self, step: int, tasks) -> None:
@@ -179,6 +184,7 @@ class RolloutPipeline:
     def _work(self, job: _Job) -> None:
         """The rollout of ``job`` (in the rollout thread, or inline); never raises."""
         m = self.module
+        start = time.perf_counter()
         try:
             torch.set_num_threads(self._threads)  # a new thread starts with torch's default
             cuda = m.device.type == "cuda"
@@ -196,6 +202,7 @@ class RolloutPipeline:
         except BaseException as exc:  # raised in the main thread by settle
             job.error = exc
         job.abandoned = stopping.requested() or self.cancel.is_set()
+        job.seconds = time.perf_counter() - start
 
     def settle(self) -> None:
         """Wait for the rollout in flight (before a validation, a checkpoint, the next step):
@@ -251,6 +258,7 @@ class RolloutPipeline:
         """The staleness of the samples the step's update took, and the buffer's counts."""
         s = self.staleness or [0]
         out = {
+            "pipeline/generate_s": self.generate_s,
             "pipeline/staleness_mean": sum(s) / len(s),
             "pipeline/staleness_max": float(max(s)),
         }
@@ -290,6 +298,11 @@ class RolloutPipeline:
             job = None
             if s is not None:
                 job = _Job(s["step"], s["version"], tasks_of(s["step"]), weights=s["weights"])
+                if [t.id for t in job.tasks] != s["task_ids"]:
+                    raise ValueError(
+                        f"the checkpoint's rollout of RL step {s['step'] + 1} was of other tasks "
+                        f"than this run's data gives that step (data settings changed?)"
+                    )
                 if s["trajs"] is not None:
                     job.trajs = [traj_from_state(d) for d in s["trajs"]]
             setattr(self, attr, job)

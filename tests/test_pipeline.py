@@ -212,6 +212,10 @@ def test_a_batch_ready_at_a_checkpoint_round_trips():
     other.load_state_dict(state, tasks)
     fresh, _ = other.commit(other.obtain(1, tasks(1)), None)
     assert [t.reward for t in fresh] == [0.0] * 4 and other.staleness == [1] * 4
+    # a run whose data gives step 1 other tasks refuses the checkpoint's batch
+    third = RolloutPipeline(max_staleness=1, max_reuse=1, correction="tis", correction_cap=2.0)
+    with pytest.raises(ValueError, match="other tasks than this run's data"):
+        third.load_state_dict(state, lambda step: tasks(step + 5))
 
 
 def scored_by_hand() -> ScoredBatch:
