@@ -1,7 +1,9 @@
 """A bounded buffer of trajectories between the rollout and the update phases.
 
-Not in the training loop for now (every algorithm here is on-policy: the step passed each step's
-episodes through it and drained them at once); off-policy reuse will bring it back (README).
+``rollout.pipeline=sync`` does not use it (each step's episodes go straight to the update);
+``rollout.pipeline=overlap`` (``agentrl/pipeline.py``) holds what its rollout thread produces
+here, each trajectory with the policy version that generated it, and ``take``s each step's
+update from it (stale samples dropped and counted, reuse bounded).
 """
 
 from __future__ import annotations
@@ -28,26 +30,31 @@ class ReplayBuffer:
         if capacity < 1:
             raise ValueError(f"buffer.capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        # [step added, trajectory, updates used in]
+        # [step added, trajectory, updates used in, policy version that generated it]
         self.items: deque[list] = deque(maxlen=capacity)
         self.dropped = 0
+        # samples ``take`` dropped for being older than its max_staleness
+        self.stale_dropped = 0
         self._last = {"age": 0.0, "drained": 0, "reuse": 0.0}
 
-    def add(self, trajectories: list[Trajectory], step: int) -> None:
+    def add(self, trajectories: list[Trajectory], step: int, version: int | None = None) -> None:
+        """``version``: the policy version (RL steps of updates) that generated them; the step
+        added when not given."""
         overflow = max(0, len(self.items) + len(trajectories) - self.capacity)
         self.dropped += overflow
-        self.items.extend([step, t, 0] for t in trajectories)
+        v = step if version is None else version
+        self.items.extend([step, t, 0, v] for t in trajectories)
 
     def _draw(self, items: list[list], step: int) -> list[Trajectory]:
         for item in items:
             item[2] += 1
         n = max(len(items), 1)
         self._last = {
-            "age": sum(step - s for s, _, _ in items) / n,
+            "age": sum(step - it[0] for it in items) / n,
             "drained": len(items),
-            "reuse": sum(u for _, _, u in items) / n,
+            "reuse": sum(it[2] for it in items) / n,
         }
-        return [t for _, t, _ in items]
+        return [it[1] for it in items]
 
     def drain(self, step: int) -> list[Trajectory]:
         """Every held trajectory, oldest first; the buffer is left empty."""
@@ -61,6 +68,23 @@ class ReplayBuffer:
         items = list(self.items)
         return self._draw(rng.sample(items, min(n, len(items))), step)
 
+    def take(
+        self, step: int, max_staleness: int, max_reuse: int
+    ) -> list[tuple[Trajectory, int, int]]:
+        """The update of ``step``: every held trajectory at most ``max_staleness`` policy versions
+        old (older ones are dropped, counted in ``stale_dropped``), oldest first, as (trajectory,
+        step added, version); a trajectory used ``max_reuse`` times leaves the buffer."""
+        fresh = []
+        for item in self.items:
+            if step - item[3] > max_staleness:
+                self.stale_dropped += 1
+            else:
+                fresh.append(item)
+        self._draw(fresh, step)
+        self.items.clear()
+        self.items.extend(it for it in fresh if it[2] < max_reuse)
+        return [(it[1], it[0], it[3]) for it in fresh]
+
     def stats(self) -> dict[str, float]:
         return {
             "buffer/size": float(len(self.items)),
@@ -68,22 +92,37 @@ class ReplayBuffer:
             "buffer/drained": float(self._last["drained"]),
             "buffer/dropped": float(self.dropped),
             "buffer/reuse_mean": float(self._last["reuse"]),
+            "buffer/stale_dropped": float(self.stale_dropped),
         }
 
     def state_dict(self) -> dict:
         return {
-            "items": [(s, dataclasses.asdict(t), u) for s, t, u in self.items],
+            "items": [(s, traj_state(t), u, v) for s, t, u, v in self.items],
             "dropped": self.dropped,
+            "stale_dropped": self.stale_dropped,
             "last": dict(self._last),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.items.clear()
         for item in state["items"]:
-            s, d = item[0], dict(item[1])
+            s = item[0]
             uses = item[2] if len(item) > 2 else 0  # checkpoints before the reuse counter
-            d["task"] = Task(**d["task"])
-            d["turns"] = [Turn(**{**t, "span": tuple(t["span"])}) for t in d["turns"]]
-            self.items.append([s, Trajectory(**d), uses])
+            version = item[3] if len(item) > 3 else s  # checkpoints before policy versions
+            self.items.append([s, traj_from_state(item[1]), uses, version])
         self.dropped = state["dropped"]
+        self.stale_dropped = state.get("stale_dropped", 0)
         self._last = {"age": 0.0, "drained": 0, "reuse": 0.0, **state.get("last", {})}
+
+
+def traj_state(t: Trajectory) -> dict:
+    """A trajectory as plain data (a checkpoint entry)."""
+    return dataclasses.asdict(t)
+
+
+def traj_from_state(state: dict) -> Trajectory:
+    """What ``traj_state`` returned, as a Trajectory again."""
+    d = dict(state)
+    d["task"] = Task(**d["task"])
+    d["turns"] = [Turn(**{**t, "span": tuple(t["span"])}) for t in d["turns"]]
+    return Trajectory(**d)

@@ -365,6 +365,11 @@ TARGET_RULES: dict[str, dict[str, Rule]] = {
         "max_seq_len": Int(2),
         "update_micro_batch_size": COUNT,
         "seed": SEED,
+        "pipeline": OneOf("sync", "overlap"),
+        "max_staleness": COUNT,
+        "max_reuse": COUNT,
+        "correction": OneOf("tis", "mask", "none"),
+        "correction_cap": Num(1, lo_open=True),
     },
     "agentrl.rollout.engine.HFEngine": {"micro_batch_size": COUNT},
     "agentrl.rollout.vllm_engine.VLLMEngine": {
@@ -427,6 +432,12 @@ PATH_RULES: dict[str, Rule] = {
     # top_p = 0 keeps no token at all (torch.multinomial fails mid-rollout)
     "rollout.top_p": Num(0, 1, lo_open=True),
     "rollout.max_seq_len": Int(2),
+    "rollout.pipeline": OneOf("sync", "overlap"),
+    # a fresh overlap batch is one update old: 0 would drop every one of them
+    "rollout.max_staleness": COUNT,
+    "rollout.max_reuse": COUNT,
+    "rollout.correction": OneOf("tis", "mask", "none"),
+    "rollout.correction_cap": Num(1, lo_open=True),
     "optimizer.lr": POS,
     "optimizer.weight_decay": NONNEG,
     "optimizer.eps": POS,
@@ -441,7 +452,18 @@ PATH_RULES: dict[str, Rule] = {
 
 # the keys train.py reads from the nodes that have no constructor to refuse the others
 PLAIN_KEYS = {
-    "rollout": ("engine", "temperature", "top_p", "max_seq_len", "observation_role"),
+    "rollout": (
+        "engine",
+        "temperature",
+        "top_p",
+        "max_seq_len",
+        "observation_role",
+        "pipeline",
+        "max_staleness",
+        "max_reuse",
+        "correction",
+        "correction_cap",
+    ),
     "adapter": ("enabled", "config", "quantization"),
 }
 
@@ -690,7 +712,26 @@ def wandb_logged_in() -> bool:
         return False
 
 
+def check_pipeline(cfg: DictConfig) -> None:
+    """rollout.pipeline=overlap needs an RL algorithm and a trainer whose policy is whole on
+    each rank (its rollout thread copies it): not the preference step, not trainer=fsdp."""
+    if _value(cfg, "rollout.pipeline") != "overlap":
+        return
+    step = _value(cfg, "algorithm.step")
+    if step not in (None, "rl"):
+        raise ConfigError(
+            f"rollout.pipeline=overlap needs an RL algorithm (algorithm.step=rl), not "
+            f"algorithm.step={step}; use rollout.pipeline=sync"
+        )
+    if str(_value(cfg, "trainer.strategy._target_") or "").endswith("ModelParallelStrategy"):
+        raise ConfigError(
+            "rollout.pipeline=overlap does not support trainer=fsdp (its rollout thread holds a "
+            "whole copy of the policy); use trainer=ddp or rollout.pipeline=sync"
+        )
+
+
 RELATIONS = (
+    check_pipeline,
     check_validation_interval,
     check_ranks,
     check_episode_length,

@@ -51,13 +51,17 @@ class TaskStream:
         # the whole epoch: Lightning's restored loop counts the batches already done
         return self.steps
 
+    def batch(self, step: int) -> dict:
+        """This rank's batch of step ``step``: {"step", "tasks"}."""
+        share = self.tasks_per_step // self.world_size
+        tasks = self.step_tasks(step)[self.rank * share : (self.rank + 1) * share]
+        return {"step": step, "tasks": tasks}
+
     def __iter__(self):
         while self.position < self.steps:
-            batch = self.step_tasks(self.position)
-            share = self.tasks_per_step // self.world_size
             step = self.position
             self.position += 1
-            yield {"step": step, "tasks": batch[self.rank * share : (self.rank + 1) * share]}
+            yield self.batch(step)
 
 
 class TaskBatches:

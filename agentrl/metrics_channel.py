@@ -63,7 +63,9 @@ def component_metrics(module, trajs: list[Trajectory], rewarded: bool) -> dict[s
     ]
     if rewarded:
         sources.append(("reward", module.reward.metrics))
-    sources.append((module.runner.namespace, module.runner.metrics))
+    # the runner of the training rollouts (rollout.pipeline=overlap's thread has its own)
+    runner = getattr(module, "train_runner", module.runner)
+    sources.append((runner.namespace, runner.metrics))
     out: dict[str, float] = {}
     for prefix, read in sources:
         try:

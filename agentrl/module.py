@@ -19,6 +19,7 @@ from agentrl import distributed as D
 from agentrl import stopping
 from agentrl import value as V
 from agentrl.batching import TokenBatch
+from agentrl.pipeline import PIPELINES, RolloutPipeline
 from agentrl.preference import preference_step
 from agentrl.rewards.base import as_reward, score_batch
 from agentrl.rl_step import rl_step
@@ -53,6 +54,11 @@ class AgentRLModule(L.LightningModule):
         observation_role: str = "user",
         update_micro_batch_size: int = 64,
         seed: int = 0,
+        pipeline: str = "sync",
+        max_staleness: int = 1,
+        max_reuse: int = 1,
+        correction: str = "tis",
+        correction_cap: float = 2.0,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -73,12 +79,12 @@ class AgentRLModule(L.LightningModule):
         self.temperature = temperature
         self.top_p = top_p
         self.seed = seed
+        self.observation_role = observation_role
+        self.max_seq_len = max_seq_len
         self.chat = ChatFormat(tokenizer, observation_role)
-        # a suite may produce its trajectories itself (env=external: agent programs via the gateway)
-        self.runner = (
-            suite.make_runner(engine, self.chat, max_seq_len)
-            if hasattr(suite, "make_runner")
-            else EpisodeRunner(engine, self.chat, suite, max_seq_len)
+        self.runner = self._runner(engine, self.chat)
+        self.pipeline = self._pipeline(
+            pipeline, algorithm.step, max_staleness, max_reuse, correction, correction_cap
         )
         self.reference = None
         self.critic = None
@@ -103,6 +109,42 @@ class AgentRLModule(L.LightningModule):
         self._val_reward_failures = 0
         self._val_gathered = contextlib.ExitStack()
 
+    def _runner(self, engine, chat: ChatFormat):
+        # a suite may produce its trajectories itself (env=external: agent programs via the gateway)
+        if hasattr(self.suite, "make_runner"):
+            return self.suite.make_runner(engine, chat, self.max_seq_len)
+        return EpisodeRunner(engine, chat, self.suite, self.max_seq_len)
+
+    def make_runner(self, engine, tokenizer):
+        """A runner of the module's suite with ``engine`` (the overlap pipeline's own)."""
+        return self._runner(engine, ChatFormat(tokenizer, self.observation_role))
+
+    def _pipeline(self, mode, step, max_staleness, max_reuse, correction, correction_cap):
+        """None for rollout.pipeline=sync; the overlap pipeline (agentrl/pipeline.py) else."""
+        if mode not in PIPELINES:
+            raise ValueError(f"rollout.pipeline must be one of {PIPELINES}, got {mode!r}")
+        if mode == "sync":
+            return None
+        if step != "rl":
+            raise ValueError(
+                f"rollout.pipeline=overlap needs an RL algorithm (algorithm.step=rl), not "
+                f"algorithm.step={step}"
+            )
+        pipe = RolloutPipeline(max_staleness, max_reuse, correction, correction_cap)
+        if correction == "tis" and getattr(self.algorithm, "tis_cap", None) is None:
+            self.algorithm.tis_cap = correction_cap
+        return pipe
+
+    @property
+    def train_runner(self):
+        """The runner of the training rollouts (the overlap pipeline's, when there is one)."""
+        return self.runner if self.pipeline is None else self.pipeline.runner
+
+    def next_tasks(self, step: int):
+        """This rank's tasks of RL step ``step`` (0-based); None after the last step."""
+        stream = self.trainer.datamodule.stream
+        return stream.batch(step)["tasks"] if step < stream.steps else None
+
     # ----------------------------------------------------------------- setup
     def configure_model(self) -> None:
         if self.algorithm.needs_reference and self.reference is None and not self._has_adapter():
@@ -125,6 +167,14 @@ class AgentRLModule(L.LightningModule):
                 m.train()
         # a resumed run restores its weights after configure_model: the engine gets them here
         self.engine.sync(self.policy)
+        if self.pipeline is not None and self.pipeline.module is None:
+            if D.fsdp_modules(self.policy):
+                raise ValueError("rollout.pipeline=overlap does not support trainer=fsdp")
+            self.pipeline.bind(self)  # on the model's device by now
+
+    def teardown(self, stage: str) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
 
     def _has_adapter(self) -> bool:
         return hasattr(self.policy, "disable_adapter")
@@ -188,6 +238,11 @@ class AgentRLModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val = []
         self._val_reward_failures = 0
+        if self.pipeline is not None:
+            # the rollout in flight first (it may share the env's workers or the engine), then
+            # the engine gets the newest weights (a push for vllm; the hf engine has them)
+            self.pipeline.settle()
+            self.engine.sync(self.policy)
         # FSDP: full parameters for the whole validation (ranks run different numbers of forwards)
         self._val_gathered.enter_context(D.gathered(self.policy))
 
@@ -236,6 +291,9 @@ class AgentRLModule(L.LightningModule):
             "rng": rng_state(),
             "reward": self.reward.state_dict(),
         }
+        if self.pipeline is not None and self.pipeline.module is not None:
+            # every rank's pipeline (each rank its own), in rank order
+            checkpoint["agentrl"]["pipeline"] = D.gather_objects(self.pipeline.state_dict())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("agentrl")
@@ -244,7 +302,7 @@ class AgentRLModule(L.LightningModule):
         self.rl_step = int(state["rl_step"])
         self.counters.update(state["counters"])
         # state["buffer"] (checkpoints before the replay buffer left the loop) is ignored: it
-        # was always empty at a checkpoint
+        # was always empty at a checkpoint (the overlap pipeline's buffer is state["pipeline"])
         if "algorithm" in state:
             self.algorithm.load_state_dict(state["algorithm"])
         set_rng_state(state["rng"])
@@ -253,6 +311,17 @@ class AgentRLModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and dm.stream is not None:
             dm.stream.position = self.rl_step
+        pipeline = getattr(self, "pipeline", None)
+        if pipeline is not None and "pipeline" in state:
+            states = state["pipeline"]
+            if len(states) != D.world_size():
+                raise ValueError(
+                    f"this overlap checkpoint holds {len(states)} ranks' pipelines; it resumes "
+                    f"with {len(states)} processes, not {D.world_size()}"
+                )
+            pipeline.load_state_dict(
+                states[self.global_rank], lambda step: dm.stream.batch(step)["tasks"]
+            )
 
 
 @contextlib.contextmanager

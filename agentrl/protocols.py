@@ -169,10 +169,13 @@ class Engine(Protocol):
     ``bind`` gives it the policy (once, and for a reference rollout), ``sync`` the weights after
     each update. ``streams_tokens``: ``generate`` takes ``on_token(i, token_id, logprob)``, called
     as each token is sampled (the gateway streams with it); False by default.
+    ``shares_weights``: the engine generates with the trainer's own model object (the HF
+    engine), so ``rollout.pipeline=overlap`` gives its thread a copy; False by default.
     """
 
     name: str
     streams_tokens: bool = False
+    shares_weights: bool = False
 
     def bind(self, model, tokenizer) -> None: ...
 

@@ -30,17 +30,24 @@ from agentrl.types import Trajectory
 def rl_step(module, batch) -> None:
     """One RL step of ``module`` (an ``AgentRLModule``) on ``batch`` ({"step", "tasks"})."""
     step, tasks = batch["step"], batch["tasks"]
+    pipe = module.pipeline  # None: rollout.pipeline=sync
     timer = Timer()
     stopping.entered("rollout", step + 1)
     with timer("rollout"):
-        trajs = module.rollout(tasks, step)
+        # overlap: the batch generated while the last step updated (agentrl/pipeline.py)
+        job = pipe.obtain(step, tasks) if pipe is not None else None
+        trajs = module.rollout(tasks, step) if pipe is None else None
     # a stop signal abandons the rollout (the runner stops between turns); once it is
     # complete, the step runs to its end
     stopping.check("rollout", step + 1)
+    fresh = trajs
+    if pipe is not None:  # the step's batch to the buffer, the next rollout started
+        fresh, trajs = pipe.commit(job, module.next_tasks(step + 1))
     with timer("score"):
-        counts = score_batch(module.reward, trajs)
+        counts = score_batch(module.reward, fresh)
         kept = [t for t in trajs if t.status != "failed"]
         scored = score(module, kept)
+        pipe_stats = pipe.correct(scored) if pipe is not None and scored is not None else {}
     with timer("advantages"):
         kept, scored, adv_stats = advantages(module, kept, scored)
     with timer("update"):
@@ -49,14 +56,17 @@ def rl_step(module, batch) -> None:
         if scored is not None:
             stats.update(logprob_stats(module.algorithm, scored))
     with timer("sync"):
-        module.engine.sync(module.policy)
+        if pipe is None:  # overlap: the pipeline's snapshot, when it starts the next rollout
+            module.engine.sync(module.policy)
     with timer("log"):
         module.rl_step = step + 1
-        module.last_samples = trajs
-        metrics = train_metrics(module, trajs, counts, {**stats, **adv_stats})
-        n_local = len(trajs)
+        module.last_samples = fresh
+        if pipe is not None:
+            stats.update({**pipe_stats, **pipe.stats()})
+        metrics = train_metrics(module, fresh, counts, {**stats, **adv_stats})
+        n_local = len(fresh)
     metrics.update({f"perf/{k}_s": v for k, v in timer.seconds.items()})
-    metrics["perf/rollout_tokens_per_s"] = sum(t.num_generated for t in trajs) / max(
+    metrics["perf/rollout_tokens_per_s"] = sum(t.num_generated for t in fresh) / max(
         timer.seconds["rollout"], 1e-9
     )
     metrics["perf/update_tokens_per_s"] = stats.pop("_upd_tokens", 0) / max(
@@ -84,7 +94,9 @@ def score(module, trajs: list[Trajectory]) -> ScoredBatch | None:
             return None
         batch = collate(trajs, module.tokenizer.pad_token_id).to(module.device)
         values, old = None, None
-        if module.critic is None and not old_from_update(module.algorithm, module.critic):
+        # overlap computes them here: its importance-weight statistics and masking need them
+        fused = old_from_update(module.algorithm, module.critic) and module.pipeline is None
+        if module.critic is None and not fused:
             old = updater.logprobs(module.policy, batch)
         elif module.critic is not None:
             old, values = updater.logprobs_and_values(batch)

@@ -199,6 +199,15 @@ class StopAtSafePoints(L.Callback):
         check("start", step + 1)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
+        try:
+            self._save_at_stop(trainer, pl_module, exception)
+        finally:
+            # rollout.pipeline=overlap: its rollout thread stops with the run, on every exception
+            pipeline = getattr(pl_module, "pipeline", None)
+            if pipeline is not None:
+                pipeline.close()
+
+    def _save_at_stop(self, trainer, pl_module, exception) -> None:
         from lightning.pytorch.trainer.states import TrainerFn
 
         if not isinstance(exception, StopRequested) or trainer.state.fn != TrainerFn.FITTING:

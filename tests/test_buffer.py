@@ -50,6 +50,7 @@ def test_stats_by_hand():
         "buffer/drained": 0.0,
         "buffer/dropped": 0.0,
         "buffer/reuse_mean": 0.0,
+        "buffer/stale_dropped": 0.0,
     }
     buf.add([traj(0), traj(1)], step=1)
     buf.add([traj(2)], step=3)
@@ -63,6 +64,7 @@ def test_stats_by_hand():
         "buffer/drained": 3.0,
         "buffer/dropped": 0.0,
         "buffer/reuse_mean": 1.0,
+        "buffer/stale_dropped": 0.0,
     }
 
 
@@ -90,7 +92,7 @@ def test_state_round_trip():
     other.load_state_dict(state)
     assert other.dropped == buf.dropped == 2
     assert other.stats() == buf.stats()
-    assert [(s, t, u) for s, t, u in other.items] == [(s, t, u) for s, t, u in buf.items]
+    assert [list(it) for it in other.items] == [list(it) for it in buf.items]
     assert isinstance(other.items[0][1].turns[0].span, tuple)
     assert other.state_dict() == state
     assert [t.task.id for t in other.drain(5)] == [t.task.id for t in buf.drain(5)]
@@ -101,8 +103,36 @@ def test_loads_a_checkpoint_from_before_the_reuse_counter():
     buf = ReplayBuffer(capacity=4)
     buf.add([traj(0)], step=1)
     state = buf.state_dict()
-    old = {"items": [(s, d) for s, d, _ in state["items"]], "dropped": 0}
+    old = {"items": [(it[0], it[1]) for it in state["items"]], "dropped": 0}
     other = ReplayBuffer(capacity=4)
     other.load_state_dict(old)
     assert other.drain(2)[0] == traj(0)
     assert other.stats()["buffer/reuse_mean"] == 1.0
+
+
+def test_take_drops_stale_samples_and_bounds_reuse():
+    buf = ReplayBuffer(capacity=10)
+    buf.add([traj(0)], step=0, version=0)
+    buf.add([traj(1), traj(2)], step=1, version=0)
+    buf.add([traj(3)], step=2, version=1)
+    # at step 2 with max_staleness 1: version 0 is 2 steps old, dropped (3 samples)
+    got = buf.take(step=2, max_staleness=1, max_reuse=2)
+    assert [(t.task.id, s, v) for t, s, v in got] == [("t/3", 2, 1)]
+    assert buf.stale_dropped == 3
+    assert buf.stats()["buffer/stale_dropped"] == 3.0
+    # used once of twice: still held; at step 3 (staleness 2) it would be dropped, at
+    # max_staleness 2 it is taken a second time and then leaves
+    assert [t.task.id for t, _, _ in buf.take(step=3, max_staleness=2, max_reuse=2)] == ["t/3"]
+    assert buf.stats()["buffer/reuse_mean"] == 2.0
+    assert len(buf.items) == 0
+    assert buf.take(step=3, max_staleness=2, max_reuse=2) == []
+
+
+def test_take_once_empties_the_buffer_and_versions_round_trip():
+    buf = ReplayBuffer(capacity=10)
+    buf.add([traj(0), traj(1)], step=4, version=3)
+    other = ReplayBuffer(capacity=10)
+    other.load_state_dict(buf.state_dict())
+    assert [it[3] for it in other.items] == [3, 3]
+    assert [v for _, _, v in other.take(step=4, max_staleness=1, max_reuse=1)] == [3, 3]
+    assert len(other.items) == 0 and other.stale_dropped == 0

@@ -42,6 +42,26 @@ CASES = [
         "optimizer.lrr is not a setting of torch.optim.AdamW (accepted: lr, betas, eps,",
     ),
     ("default", ["rollout.temperature=0"], "rollout.temperature must be > 0, got 0"),
+    # rollout.pipeline=overlap (agentrl/pipeline.py)
+    ("default", ["rollout.pipeline=async"], "rollout.pipeline must be one of"),
+    ("default", ["rollout.max_staleness=0"], "rollout.max_staleness must be >= 1, got 0"),
+    ("default", ["rollout.max_reuse=0"], "rollout.max_reuse must be >= 1, got 0"),
+    ("default", ["rollout.correction=clip"], "rollout.correction must be one of"),
+    ("default", ["rollout.correction_cap=1.0"], "rollout.correction_cap must be > 1, got 1.0"),
+    (
+        "dpo",
+        ["rollout.pipeline=overlap"],
+        "rollout.pipeline=overlap needs an RL algorithm (algorithm.step=rl), not "
+        "algorithm.step=preference; use rollout.pipeline=sync",
+    ),
+    (
+        "default",
+        [
+            "rollout.pipeline=overlap",
+            "+trainer.strategy={_target_: lightning.pytorch.strategies.ModelParallelStrategy}",
+        ],
+        "rollout.pipeline=overlap does not support trainer=fsdp",
+    ),
     ("default", ["rollout.temperature=-1"], "rollout.temperature must be > 0, got -1"),
     ("default", ["rollout.top_p=0"], "rollout.top_p must be in (0, 1], got 0"),
     ("default", ["rollout.top_p=2"], "rollout.top_p must be in (0, 1], got 2"),

@@ -82,6 +82,8 @@ class HFEngine(Engine):
     name = "hf"
     # generate takes on_token (the gateway streams with it)
     streams_tokens = True
+    # holds the trainer's own model: rollout.pipeline=overlap gives its thread a copy
+    shares_weights = True
 
     def __init__(self, micro_batch_size: int = 256):
         if micro_batch_size < 1:

@@ -58,6 +58,9 @@ class EpisodeRunner(Runner):
         self.chat = chat
         self.suite = suite
         self.max_seq_len = max_seq_len
+        # a threading.Event that, once set, abandons the episodes between turns as a stop
+        # signal does (rollout.pipeline=overlap sets it to stop its rollout thread)
+        self.cancel = None
 
     def _start(self, task: Task, group: int) -> _Episode:
         env = self.suite.make()
@@ -82,7 +85,8 @@ class EpisodeRunner(Runner):
         episodes = [self._start(t, g) for t, g in zip(tasks, groups)]
         for _ in range(max(self.suite.max_turns, 1)):
             live = [e for e in episodes if not e.done]
-            if not live or stopping.requested():  # a stop signal abandons the episodes
+            cancelled = self.cancel is not None and self.cancel.is_set()
+            if not live or stopping.requested() or cancelled:  # a stop abandons the episodes
                 break
             gens = self.engine.generate([e.traj.token_ids for e in live], params, generator)
             for ep, gen in zip(live, gens):

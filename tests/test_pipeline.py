@@ -1,0 +1,354 @@
+"""rollout.pipeline=overlap (agentrl/pipeline.py): the schedule (which weights make which batch),
+the rollout thread's errors and stops, the checkpoint round trip, the importance correction.
+
+The fast tests drive the pipeline with a stand-in module whose runner records the weights its
+engine holds; the slow ones run the real loop (tiny model) end to end.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from agentrl import stopping
+from agentrl.batching import TokenBatch
+from agentrl.pipeline import RolloutPipeline
+from agentrl.step_data import ScoredBatch
+from agentrl.types import Task, Trajectory
+
+
+def rollout_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("agentrl-rollout")]
+
+
+class PushEngine:
+    """An engine with its own weights (as vLLM): ``sync`` pushes the policy's version."""
+
+    shares_weights = False
+
+    def __init__(self):
+        self.version = None
+
+    def sync(self, policy) -> None:
+        self.version = policy.version
+
+
+class SharedEngine:
+    """An engine on the trainer's model (as hf): the pipeline gives its thread a copy."""
+
+    shares_weights = True
+
+    def __init__(self, micro_batch_size: int = 1):
+        self.micro_batch_size = micro_batch_size
+        self.model = None
+
+    def bind(self, model, tokenizer) -> None:
+        self.model = model
+
+    def sync(self, policy) -> None:
+        pass
+
+    @property
+    def version(self) -> float:
+        return float(self.model.weight.detach().sum())
+
+
+class Runner:
+    """Each episode's reward is the version of the weights its engine held; ``fail_at`` (a step's
+    first task id) raises; ``gate`` (an Event) is waited for before returning."""
+
+    def __init__(self, engine, fail_at=None, gate=None):
+        self.engine, self.fail_at, self.gate, self.cancel = engine, fail_at, gate, None
+
+    def sampling(self, *args, **kwargs):
+        return None
+
+    def run(self, tasks, groups, params, generator):
+        if self.gate is not None:
+            self.gate.wait()
+        if tasks and tasks[0].id == self.fail_at:
+            raise ValueError("agent exploded")
+        v = self.engine.version
+        return [
+            Trajectory(task=t, token_ids=[1, 2], loss_mask=[0, 1], logprobs=[0.0, -1.0],
+                       prompt_len=1, reward=float(v), group=g)
+            for t, g in zip(tasks, groups)
+        ]  # fmt: skip
+
+
+def fake_module(engine, policy, **runner_kw):
+    m = SimpleNamespace(
+        engine=engine,
+        policy=policy,
+        tokenizer=None,
+        algorithm=SimpleNamespace(group_size=2),
+        temperature=1.0,
+        top_p=1.0,
+        device=torch.device("cpu"),
+        rl_step=0,
+        generator=lambda step, salt, device: torch.Generator().manual_seed(step),
+    )
+    m.make_runner = lambda eng, tok: Runner(eng, **runner_kw)
+    return m
+
+
+def tasks(step: int) -> list[Task]:
+    return [Task(id=f"s{step}/t{i}", prompt="p") for i in range(2)]
+
+
+def run_steps(pipe, module, steps: int, update) -> list[tuple[list[float], list[int]]]:
+    """The loop rl_step runs: obtain, commit (the next rollout starts), then the update."""
+    seen = []
+    for step in range(steps):
+        job = pipe.obtain(step, tasks(step))
+        fresh, batch = pipe.commit(job, tasks(step + 1) if step + 1 < steps else None)
+        seen.append(([t.reward for t in fresh], list(pipe.staleness)))
+        update(module)  # what the main thread does while the next rollout runs
+        module.rl_step = step + 1
+    return seen
+
+
+def test_batch_k_plus_1_comes_from_the_weights_before_update_k():
+    policy = SimpleNamespace(version=0)
+    module = fake_module(PushEngine(), policy)
+    pipe = RolloutPipeline(max_staleness=1, max_reuse=1, correction="tis", correction_cap=2.0)
+    pipe.bind(module)
+
+    def update(m):
+        m.policy.version += 1
+
+    seen = run_steps(pipe, module, 4, update)
+    # step 0 generated at once (version 0, staleness 0); step k+1 started as step k began its
+    # update, from version k: whatever the threads' timing
+    assert [s[0] for s in seen] == [[0.0] * 4, [0.0] * 4, [1.0] * 4, [2.0] * 4]
+    assert [s[1] for s in seen] == [[0] * 4, [1] * 4, [1] * 4, [1] * 4]
+    assert pipe.stats()["pipeline/staleness_1_frac"] == 1.0
+    assert not rollout_threads()
+
+
+def test_reuse_keeps_groups_apart_and_stale_samples_are_dropped():
+    policy = SimpleNamespace(version=0)
+    module = fake_module(PushEngine(), policy)
+    pipe = RolloutPipeline(max_staleness=1, max_reuse=2, correction="tis", correction_cap=2.0)
+    pipe.bind(module)
+    job = pipe.obtain(0, tasks(0))
+    _, batch = pipe.commit(job, tasks(1))
+    assert [t.group for t in batch] == [0, 0, 1, 1]
+    module.rl_step = 1
+    _, batch = pipe.commit(pipe.obtain(1, tasks(1)), tasks(2))
+    # step 0's samples a second time (groups 0, 1), step 1's as groups 2, 3
+    assert [t.task.id[:2] for t in batch] == ["s0"] * 4 + ["s1"] * 4
+    assert [t.group for t in batch] == [0, 0, 1, 1, 2, 2, 3, 3]
+    module.rl_step = 2
+    _, batch = pipe.commit(pipe.obtain(2, tasks(2)), None)
+    # step 0's are used up (max_reuse 2); step 1's are 1 version old (version 0 at step 2: 2
+    # stale), step 2's generated from version 1
+    assert pipe.buffer.stale_dropped == 4
+    assert [t.task.id[:2] for t in batch] == ["s2"] * 4
+
+
+def test_an_exception_in_the_rollout_thread_reaches_the_step_and_no_thread_is_left():
+    module = fake_module(PushEngine(), SimpleNamespace(version=0), fail_at="s1/t0")
+    pipe = RolloutPipeline(max_staleness=1, max_reuse=1, correction="tis", correction_cap=2.0)
+    pipe.bind(module)
+    pipe.commit(pipe.obtain(0, tasks(0)), tasks(1))
+    with pytest.raises(RuntimeError, match="rollout thread failed.*agent exploded") as info:
+        pipe.obtain(1, tasks(1))
+    assert isinstance(info.value.__cause__, ValueError)
+    assert not rollout_threads()
+
+
+def test_a_rollout_abandoned_by_a_stop_is_redone_from_its_own_weights(monkeypatch):
+    torch.manual_seed(0)
+    gate = threading.Event()
+    policy = torch.nn.Linear(2, 2)
+    module = fake_module(SharedEngine(), policy, gate=gate)
+    pipe = RolloutPipeline(max_staleness=1, max_reuse=1, correction="tis", correction_cap=2.0)
+    pipe.bind(module)
+    gate.set()
+    job = pipe.obtain(0, tasks(0))  # generated at once
+    gate.clear()
+    launched = float(policy.weight.detach().sum())
+    pipe.commit(job, tasks(1))  # snapshot, then the thread starts (and waits on the gate)
+    with torch.no_grad():
+        policy.weight.add_(1.0)  # the update of step 0, while the rollout runs
+    module.rl_step = 1
+    # a stop signal: the thread finds it set as it ends, so the rollout counts as abandoned
+    monkeypatch.setattr(stopping.STATE, "signum", signal.SIGTERM)
+    gate.set()
+    state = pipe.state_dict()
+    assert not rollout_threads()
+    assert state["ready"] is None and state["pending"]["step"] == 1
+    assert state["pending"]["version"] == 0 and state["pending"]["trajs"] is None
+    monkeypatch.setattr(stopping.STATE, "signum", None)
+    # resumed: a new process, the policy as checkpointed (after the update)
+    resumed = RolloutPipeline(max_staleness=1, max_reuse=1, correction="tis", correction_cap=2.0)
+    module2 = fake_module(SharedEngine(), policy, gate=gate)
+    module2.rl_step = 1
+    resumed.bind(module2)
+    resumed.load_state_dict(state, tasks)
+    fresh, _ = resumed.commit(resumed.obtain(1, tasks(1)), None)
+    # the weights of the snapshot the abandoned rollout had, not the current ones
+    assert [t.reward for t in fresh] == pytest.approx([launched] * 4)
+    assert resumed.staleness == [1] * 4
+    assert launched != pytest.approx(float(policy.weight.detach().sum()))
+
+
+def test_a_batch_ready_at_a_checkpoint_round_trips():
+    module = fake_module(PushEngine(), SimpleNamespace(version=0))
+    pipe = RolloutPipeline(max_staleness=1, max_reuse=1, correction="tis", correction_cap=2.0)
+    pipe.bind(module)
+    pipe.commit(pipe.obtain(0, tasks(0)), tasks(1))
+    module.policy.version = 7  # updated after the snapshot: the ready batch keeps version 0
+    module.rl_step = 1
+    state = pipe.state_dict()
+    other = RolloutPipeline(max_staleness=1, max_reuse=1, correction="tis", correction_cap=2.0)
+    other.bind(fake_module(PushEngine(), SimpleNamespace(version=7)))
+    other.module.rl_step = 1
+    other.load_state_dict(state, tasks)
+    fresh, _ = other.commit(other.obtain(1, tasks(1)), None)
+    assert [t.reward for t in fresh] == [0.0] * 4 and other.staleness == [1] * 4
+    # a run whose data gives step 1 other tasks refuses the checkpoint's batch
+    third = RolloutPipeline(max_staleness=1, max_reuse=1, correction="tis", correction_cap=2.0)
+    with pytest.raises(ValueError, match="other tasks than this run's data"):
+        third.load_state_dict(state, lambda step: tasks(step + 5))
+
+
+def scored_by_hand() -> ScoredBatch:
+    # one episode, three generated tokens; old - behaviour = log 1, log 3, log 0.25
+    mask = torch.tensor([[1.0, 1.0, 1.0]])
+    behaviour = torch.tensor([[-1.0, -2.0, -1.0]])
+    old = behaviour + torch.log(torch.tensor([[1.0, 3.0, 0.25]]))
+    ids = torch.ones((1, 4), dtype=torch.long)
+    return ScoredBatch(TokenBatch(ids, torch.ones_like(ids), mask, behaviour), old=old)
+
+
+@pytest.mark.parametrize("mode", ["tis", "mask"])
+def test_importance_weight_statistics_and_masking_by_hand(mode):
+    pipe = RolloutPipeline(max_staleness=1, max_reuse=1, correction=mode, correction_cap=2.0)
+    scored = scored_by_hand()
+    stats = pipe.correct(scored)
+    # weights 1, 3, 0.25: mean 4.25 / 3; 3 > 2 and 0.25 < 1/2 are out of the cap
+    assert stats["pipeline/is_weight_mean"] == pytest.approx(4.25 / 3)
+    assert stats["pipeline/is_weight_max"] == pytest.approx(3.0)
+    assert stats["pipeline/is_out_of_cap_frac"] == pytest.approx(2 / 3)
+    if mode == "mask":
+        assert stats["pipeline/masked_frac"] == pytest.approx(2 / 3)
+        assert scored.batch.loss_mask.tolist() == [[1.0, 0.0, 0.0]]
+    else:
+        assert stats["pipeline/masked_frac"] == 0.0
+        assert scored.batch.loss_mask.tolist() == [[1.0, 1.0, 1.0]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_staleness": 0}, "max_staleness must be >= 1"),
+        ({"max_reuse": 0}, "max_reuse must be >= 1"),
+        ({"correction": "clip"}, "correction must be one of"),
+        ({"correction_cap": 1.0}, "correction_cap must be > 1"),
+    ],
+)
+def test_bad_settings_are_one_line(kwargs, match):
+    args = {"max_staleness": 1, "max_reuse": 1, "correction": "tis", "correction_cap": 2.0}
+    with pytest.raises(ValueError, match=match):
+        RolloutPipeline(**{**args, **kwargs})
+
+
+# ----------------------------------------------------------------------------- real runs
+# small settings (as tests/test_stopping.py's): a 40-step warm start, 4 RL steps of 4 tasks,
+# validation (and a checkpoint) every 2 steps
+COMMON = [
+    "rollout.pipeline=overlap",
+    "data.tasks_per_step=4",
+    "data.num_val_tasks=16",
+    "data.val_batch_size=8",
+    "warmstart.steps=40",
+    "warmstart.num_demos=64",
+    "data.steps=4",
+    "trainer.val_check_interval=2",
+    "callbacks.export=null",
+]
+KEYS = (
+    "rollout/reward_mean",
+    "loss/policy",
+    "val/success_rate",
+    "pipeline/staleness_mean",
+    "pipeline/is_weight_mean",
+    "loss/tis_weight_mean",
+)
+
+
+def same_rows(got, want) -> None:
+    from tests.test_train import rows_with
+
+    for key in KEYS:
+        g = [(r["train/rl_step"], r[key]) for r in rows_with(got, key)]
+        w = [(r["train/rl_step"], r[key]) for r in rows_with(want, key)]
+        assert [s for s, _ in g] == [s for s, _ in w], key
+        assert [v for _, v in g] == pytest.approx([v for _, v in w], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_overlap_same_seed_same_metrics_and_resume_reproduces(make_cfg, tmp_path, monkeypatch):
+    from omegaconf import open_dict
+
+    from agentrl.train import run
+    from tests.test_train import SimulatedCrash, metrics_rows, rows_with
+
+    monkeypatch.setenv("AGENTRL_EXTRA_TARGETS", "tests.")
+    run(make_cfg(*COMMON, run="a"))
+    assert not rollout_threads()
+    a = metrics_rows(tmp_path / "a")
+    staleness = [r["pipeline/staleness_mean"] for r in rows_with(a, "pipeline/staleness_mean")]
+    assert staleness == [0.0, 1.0, 1.0, 1.0]
+    assert any(r["rollout/reward_mean"] != 0 for r in rows_with(a, "rollout/reward_mean"))
+    assert rows_with(a, "loss/policy"), "no update ran: the comparison would be trivial"
+    run(make_cfg(*COMMON, run="b"))
+    same_rows(metrics_rows(tmp_path / "b"), a)
+    # crashed before step 3 (checkpointed at the step-2 validation, with step 3's batch, made
+    # from the weights before update 2), then resumed in place
+    crashed = make_cfg(*COMMON, run="c")
+    with open_dict(crashed):
+        crashed.callbacks.crash = {"_target_": "tests.test_train.CrashAt", "step": 2}
+    with pytest.raises(SimulatedCrash):
+        run(crashed)
+    assert not rollout_threads()
+    ckpt = torch.load(tmp_path / "c" / "checkpoints" / "last.ckpt", weights_only=True)
+    (state,) = ckpt["agentrl"]["pipeline"]
+    assert state["ready"]["step"] == 2 and state["ready"]["version"] == 1
+    run(make_cfg(*COMMON, run="c"))
+    same_rows(metrics_rows(tmp_path / "c"), a)
+
+
+@pytest.mark.slow
+def test_overlap_sigterm_during_an_update_saves_and_the_rerun_matches(tmp_path, monkeypatch):
+    from agentrl.train import checkpoint_rl_step
+    from tests import test_stopping as ts
+    from tests.test_train import metrics_rows
+
+    # tests/test_stopping.py's runs (launch.py in its own session), in overlap mode
+    monkeypatch.setattr(ts, "COMMON", ["rollout.pipeline=overlap", *ts.COMMON])
+    cache = tmp_path / "cache"
+    rc, err, _ = ts.launch(tmp_path / "want", cache)
+    assert rc == 0, err[-3000:]
+    # SIGTERM as the update of RL step 3 starts: the rollout of step 4 is in flight
+    rc, err, left = ts.launch(tmp_path / "run", cache, "update:3")
+    assert rc == 143, err[-3000:]
+    assert not left, f"processes left behind: {left}"
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("stopped by SIGTERM")]
+    path = line.split("checkpoint of RL step 3: ")[1].split(";")[0]
+    assert checkpoint_rl_step(path) == 3
+    (state,) = torch.load(path, weights_only=True)["agentrl"]["pipeline"]
+    # abandoned (saved with its snapshot's weights) or, had it finished first, ready
+    saved = state["pending"] or state["ready"]
+    assert (saved["step"], saved["version"]) == (3, 2)
+    assert state["pending"] is None or state["pending"]["weights"]
+    rc, err, left = ts.launch(tmp_path / "run", cache)
+    assert rc == 0, err[-3000:]
+    assert not left
+    same_rows(metrics_rows(tmp_path / "run"), metrics_rows(tmp_path / "want"))
