@@ -17,6 +17,9 @@ thread that owns the engine, the training thread) renders and tokenizes them, ge
 batches of up to ``max_batch_size`` (requests with the same sampling settings together), records
 them and wakes the waiting request threads. Neither the engine nor the tokenizer is touched from
 any other thread. ``serve_in_thread`` runs ``pump`` on a thread of its own for standalone use.
+A runner that knows how many rollouts it is running calls ``pump_due`` instead: a batch goes as
+soon as each of them has its request queued (a turn of all of them in one engine call, as the
+in-process env does), and ``fileno`` lets it wait for requests and its own processes at once.
 
 Streaming (``stream: true``, both APIs): an engine whose ``generate`` takes ``on_token`` (the HF
 engine) reports each token as its decoding loop samples it; the engine thread decodes it into the
@@ -218,7 +221,13 @@ class Gateway:
         server_cls = type(
             "_Server",
             (ThreadingHTTPServer,),
-            {"address_family": family, "handle_error": _handle_error},
+            # the listen backlog: every rollout of a step may connect at once (socketserver's
+            # default of 5 drops the others' connections for a second or more)
+            {
+                "address_family": family,
+                "handle_error": _handle_error,
+                "request_queue_size": socket.SOMAXCONN,
+            },
         )
         self._server = server_cls((self.host, self.port), Handler)
         self._server.daemon_threads = True

@@ -79,3 +79,10 @@ def test_the_file_is_readable_while_a_request_is_new(gateway):
     for t in threads:
         t.join(60)
     assert engine.batches == [2] and len(answers) == 2
+
+
+def test_every_rollout_of_a_step_may_connect_at_once(gateway):
+    """The listen backlog holds a step's connections (socketserver's default, 5, would drop the
+    SYNs of 64 agents connecting together: each then waits a second or more to retry)."""
+    _, gw = gateway()
+    assert gw._server.request_queue_size >= 64
