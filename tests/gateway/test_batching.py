@@ -43,11 +43,14 @@ def test_the_expected_requests_are_one_engine_call_before_the_window_ends(gatewa
     engine, gw = gateway(max_batch_size=8, batch_window_s=600)
     assert gw.pump_due(3) is None  # nothing queued
     answers: list = []
-    threads = ask(gw, 3, answers)
-    while not engine.batches:  # what a runner does: wait on the gateway's file, then ask
-        select.select([gw.fileno()], [], [], 60)
+    threads: list[threading.Thread] = []
+    for n in (1, 2, 3):  # the 3 running rollouts' requests, one after the other
+        threads += ask(gw, 1, answers)
+        assert select.select([gw.fileno()], [], [], 60)[0] == [gw.fileno()]  # it is queued
         due = gw.pump_due(3)
-        assert due is None or due > 0 or engine.batches == [3]
+        if n < 3:  # waits for the others (the window is far)
+            assert due > 0 and engine.batches == []
+    assert due == 0.0  # the third: all 3 served at once
     for t in threads:
         t.join(60)
     assert engine.batches == [3] and len(answers) == 3
