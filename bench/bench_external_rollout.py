@@ -3,17 +3,21 @@ env (``EpisodeRunner`` on ToolCalc), ``env=external`` with a program per rollout
 (``examples/openai_agent/agent.py``) and ``env=external`` with the same agent as an entry point in
 long-lived workers (``examples.openai_agent.agent:run``).
 
-    python bench/bench_external_rollout.py [--tasks 8] [--group 8] [--repeats 3] [--workers 8]
-        [--batch 8] [--warmstart-steps 800]
+    python bench/bench_external_rollout.py [--tasks 8] [--group 8] [--repeats 3] [--workers 64]
+        [--batch 64] [--window 1.0] [--warmstart-steps 800] [--arms in-process,programs,workers]
 
 The recipe of ``experiment=openai_agent`` (= the toolcalc tasks of ``experiment=toolcalc_grpo``):
 the same policy (the tiny model, warm-started, cached under AGENTRL_CACHE), the same
 tasks (``--tasks`` train tasks x ``--group`` samples = the rollouts of one RL step), the same
 sampling (temperature 1, one seed per repeat). The gateway batches up to ``--batch`` concurrent
-completions (``env.gateway.max_batch_size``); programs/workers run ``--workers`` at once. Each
-repeat runs the three in turn (the worker pool is started once, before, as in training); the
-table has the median seconds of a rollout phase, the ratio to the in-process env, and what was
-generated (so the work compared is comparable). Prints a Markdown table for docs/benchmarks.md.
+completions (``env.gateway.max_batch_size``), waiting up to ``--window`` seconds
+(``env.gateway.batch_window_s``) for every running rollout's request; programs/workers run
+``--workers`` at once (64 = every rollout of the step, as the in-process env runs them). Each
+repeat runs the ``--arms`` in turn, in reverse order every other repeat (the worker pool is
+started once, before, as in training); the table has the seconds of each repeat's rollout
+phase, their median, the median of the repeats' ratios to the in-process env (the arms of a
+repeat run back to back), the engine calls per phase, and what was generated (so the work
+compared is comparable). Prints a Markdown table for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -43,6 +48,7 @@ def config(args, out: Path):
                 f"env.max_concurrency={args.workers}",
                 f"env.workers={args.workers}",
                 f"env.gateway.max_batch_size={args.batch}",
+                f"env.gateway.batch_window_s={args.window}",
                 "env.timeout_s=300",
             ],
         )
@@ -55,8 +61,15 @@ def config(args, out: Path):
     return cfg
 
 
-def runners(cfg, parts, policy, tokenizer):
-    """name -> (runner, what to close)."""
+ARMS = {
+    "in-process": "in-process (env=toolcalc)",
+    "programs": "external, a program per rollout",
+    "workers": "external, entry point in workers",
+}
+
+
+def runners(cfg, parts, policy, tokenizer, arms: list[str]):
+    """name -> (runner, what to close), for the ``arms`` asked."""
     from agentrl.rollout.chat import ChatFormat
     from agentrl.rollout.runner import EpisodeRunner
     from agentrl.utils.instantiate import instantiate
@@ -65,17 +78,32 @@ def runners(cfg, parts, policy, tokenizer):
     engine = parts["engine"]
     engine.bind(policy, tokenizer)
     programs = parts["suite"]
-    with open_dict(cfg):
-        cfg.env.entry_point = "examples.openai_agent.agent:run"
-    start = time.monotonic()
-    workers = instantiate(cfg.env, "env")
-    print(f"worker pool of {cfg.env.workers} started in {time.monotonic() - start:.1f}s")
     seq = cfg.rollout.max_seq_len
-    return {
-        "in-process (env=toolcalc)": (EpisodeRunner(engine, chat, programs.source, seq), None),
-        "external, a program per rollout": (programs.make_runner(engine, chat, seq), programs),
-        "external, entry point in workers": (workers.make_runner(engine, chat, seq), workers),
-    }
+    made = {}
+    if "in-process" in arms:
+        made[ARMS["in-process"]] = (EpisodeRunner(engine, chat, programs.source, seq), None)
+    if "programs" in arms:
+        made[ARMS["programs"]] = (programs.make_runner(engine, chat, seq), programs)
+    if "workers" in arms:
+        with open_dict(cfg):
+            cfg.env.entry_point = "examples.openai_agent.agent:run"
+        start = time.monotonic()
+        workers = instantiate(cfg.env, "env")
+        print(f"worker pool of {cfg.env.workers} started in {time.monotonic() - start:.1f}s")
+        made[ARMS["workers"]] = (workers.make_runner(engine, chat, seq), workers)
+    return made
+
+
+class Calls:
+    """Counts the engine's ``generate`` calls (the batches a rollout phase was generated in)."""
+
+    def __init__(self, engine):
+        self.n, self._generate = 0, engine.generate
+        engine.generate = self
+
+    def __call__(self, *args, **kwargs):
+        self.n += 1
+        return self._generate(*args, **kwargs)
 
 
 def main() -> None:
@@ -83,8 +111,10 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=8)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--window", type=float, default=1.0)
+    ap.add_argument("--arms", default="in-process,programs,workers")
     # the recipe's warm start (800 steps; cached after the first run); fewer: a weaker policy
     ap.add_argument("--warmstart-steps", type=int, default=800)
     ap.add_argument("--out", default="outputs/bench_external_rollout")
@@ -97,7 +127,11 @@ def main() -> None:
     policy, tokenizer = parts["model_spec"].load()
     warm_start(cfg, parts, policy, tokenizer)
     policy.eval()
-    made = runners(cfg, parts, policy, tokenizer)
+    arms = args.arms.split(",")
+    if arms[0] != "in-process" or not set(arms) <= set(ARMS):
+        ap.error(f"--arms: in-process first, then any of {list(ARMS)[1:]}, got {args.arms!r}")
+    calls = Calls(parts["engine"])
+    made = runners(cfg, parts, policy, tokenizer, arms)
     tasks = parts["suite"].tasks("train")[: args.tasks]
     batch = [t for t in tasks for _ in range(args.group)]
     groups = [i for i in range(len(tasks)) for _ in range(args.group)]
@@ -105,15 +139,19 @@ def main() -> None:
     stats = {}
     try:
         for r in range(args.repeats):
-            for name, (runner, _) in made.items():
+            order = list(made.items())
+            for name, (runner, _) in order if r % 2 == 0 else order[::-1]:
                 params = runner.sampling(1.0, 1.0, greedy=False)
                 gen = torch.Generator().manual_seed(r)
+                calls.n = 0
                 start = time.monotonic()
                 with torch.no_grad():
                     trajs = runner.run(batch, groups, params, gen)
                 seconds[name].append(time.monotonic() - start)
-                stats[name] = describe(trajs, len(batch))
+                stats[name] = {**describe(trajs, len(batch)), "engine calls": calls.n}
                 print(f"repeat {r}: {name}: {seconds[name][-1]:.1f}s {stats[name]}", flush=True)
+                for error, n in Counter(t.error for t in trajs if t.status == "failed").items():
+                    print(f"  failed {n}x: {error}", flush=True)
     finally:
         for _, closer in made.values():
             if closer is not None:
@@ -131,20 +169,25 @@ def describe(trajs, n: int) -> dict:
 
 
 def table(args, seconds: dict, stats: dict) -> None:
-    base = statistics.median(next(iter(seconds.values())))
+    base = next(iter(seconds.values()))
     print(
         f"\n{args.tasks} tasks x {args.group} samples = {args.tasks * args.group} rollouts, "
         f"{args.repeats} repeats, {args.workers} programs/workers at once, gateway batch "
-        f"{args.batch}\n"
+        f"{args.batch}, window {args.window:g} s\n"
     )
-    print("| rollout phase | median s | x in-process | generated tokens / rollout | success |")
-    print("|---|---|---|---|---|")
+    print(
+        "| rollout phase | seconds per repeat | median s | x in-process | engine calls "
+        "| generated tokens / rollout | success |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name, secs in seconds.items():
         med = statistics.median(secs)
+        # the median of each repeat's ratio (the two arms of a repeat ran back to back)
+        ratio = statistics.median(x / b for x, b in zip(secs, base))
         s = stats[name]
         print(
-            f"| {name} | {med:.1f} | {med / base:.2f} | {s['generated tokens / rollout']:.1f} "
-            f"| {s['success']:.2f} |"
+            f"| {name} | {', '.join(f'{x:.1f}' for x in secs)} | {med:.1f} | {ratio:.2f} "
+            f"| {s['engine calls']} | {s['generated tokens / rollout']:.1f} | {s['success']:.2f} |"
         )
 
 

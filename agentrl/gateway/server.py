@@ -17,6 +17,9 @@ thread that owns the engine, the training thread) renders and tokenizes them, ge
 batches of up to ``max_batch_size`` (requests with the same sampling settings together), records
 them and wakes the waiting request threads. Neither the engine nor the tokenizer is touched from
 any other thread. ``serve_in_thread`` runs ``pump`` on a thread of its own for standalone use.
+A runner that knows how many rollouts it is running calls ``pump_due`` instead: a batch goes as
+soon as each of them has its request queued (a turn of all of them in one engine call, as the
+in-process env does), and ``fileno`` lets it wait for requests and its own processes at once.
 
 Streaming (``stream: true``, both APIs): an engine whose ``generate`` takes ``on_token`` (the HF
 engine) reports each token as its decoding loop samples it; the engine thread decodes it into the
@@ -37,18 +40,20 @@ Tokens are never logged.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 import logging
 import math
-import queue
+import os
 import secrets
 import socket
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from http.server import ThreadingHTTPServer
 from typing import Any
 
@@ -88,6 +93,8 @@ class _Pending:
     # the answer's id ("chatcmpl-<n>") and creation time, given when its generation starts
     number: int = 0
     created: int = 0
+    # when it was queued (time.monotonic): its batch window starts then
+    queued_at: float = field(default_factory=time.monotonic)
 
     def fail(self, error: HTTPError) -> None:
         self.error = error
@@ -105,7 +112,9 @@ class Gateway:
     max_seq_len: a prompt that leaves no room under this is refused (400, context length).
     max_batch_size: completions generated in one engine call (1 = one at a time, each with its own
         seeded generator: results then do not depend on arrival order).
-    batch_window_s: how long the first queued request waits for others to batch with.
+    batch_window_s: how long the oldest queued request waits for others to batch with, counted
+        from when it was queued or the engine last finished a batch, whichever is later (a
+        runner that knows how many requests can come, ``pump_due``, stops waiting once they are).
     request_timeout_s: a request not served by then gets 503.
     max_body_bytes: a request body over this is refused unread (413).
     min_reward, max_reward: a reported reward outside this (finite) range is refused (400, counted
@@ -188,7 +197,14 @@ class Gateway:
         # its record), for previous_response_id; the last responses.MAX_UNATTRIBUTED
         self.responses: dict[str, list[dict]] = {}
         self._lock = threading.Lock()
-        self._queue: queue.Queue[_Pending] = queue.Queue()
+        # the queued requests, oldest first; ``_arrived`` is notified on each, and a byte is
+        # written to ``_wake`` (a pipe: ``fileno`` lets a runner select on it with its own files)
+        self._queue: deque[_Pending] = deque()
+        self._arrived = threading.Condition()
+        self._wake: tuple[int, int] | None = None
+        # when the engine last finished a batch: a request queued while it was busy could not
+        # have been served sooner, so its batch window starts then
+        self._idle_since = 0.0
         self._server: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -204,12 +220,21 @@ class Gateway:
         server_cls = type(
             "_Server",
             (ThreadingHTTPServer,),
-            {"address_family": family, "handle_error": _handle_error},
+            # the listen backlog: every rollout of a step may connect at once (socketserver's
+            # default of 5 drops the others' connections for a second or more)
+            {
+                "address_family": family,
+                "handle_error": _handle_error,
+                "request_queue_size": socket.SOMAXCONN,
+            },
         )
         self._server = server_cls((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self._server.gateway = self  # type: ignore[attr-defined]
         self.port = self._server.server_address[1]
+        self._wake = os.pipe()
+        for fd in self._wake:
+            os.set_blocking(fd, False)
         self._stop.clear()
         t = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), name="gateway-http", daemon=True
@@ -238,12 +263,14 @@ class Gateway:
         for t in self._threads:
             t.join(timeout=5)
         self._threads = []
-        while True:  # anything still queued is answered, never left hanging
-            try:
-                p = self._queue.get_nowait()
-            except queue.Empty:
-                break
+        with self._arrived:  # anything still queued is answered, never left hanging
+            left, self._queue = list(self._queue), deque()
+        for p in left:
             p.fail(HTTPError(503, "the gateway is shutting down", "server_error"))
+        if self._wake is not None:
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
 
     def __enter__(self) -> Gateway:
         return self.start()
@@ -294,7 +321,7 @@ class Gateway:
     def submit(self, body: dict, rollout: RolloutRecord | None) -> dict:
         """Queue one completion and wait for it (called on an HTTP thread)."""
         p = _Pending(body, rollout, threading.Event())
-        self._queue.put(p)
+        self._enqueue(p)
         if not p.done.wait(self.request_timeout_s):
             raise HTTPError(503, "the policy did not answer in time", "server_error")
         if p.error is not None:
@@ -307,8 +334,17 @@ class Gateway:
         delta, logprob entries)`` while it is generated, last ``("result", result)`` (the
         non-streamed answer). A refused request raises its HTTPError before ``start``."""
         p = _Pending(body, rollout, threading.Event(), stream=Stream())
-        self._queue.put(p)
+        self._enqueue(p)
         return p.stream.read(self.request_timeout_s)
+
+    def _enqueue(self, p: _Pending) -> None:
+        with self._arrived:
+            self._queue.append(p)
+            self._arrived.notify()
+            wake = self._wake
+        if wake is not None:
+            with contextlib.suppress(OSError):  # full (already readable) or closed by stop
+                os.write(wake[1], b"\0")
 
     def create_response(self, body: dict, rollout: RolloutRecord | None) -> dict:
         """One Responses request (called on an HTTP thread), generated through ``submit`` like a
@@ -351,23 +387,69 @@ class Gateway:
             raise HTTPError(409, f"rollout {rollout.id!r} already reported its reward ({taken!r})")
 
     # ----------------------------------------------------------------- engine side
+    def fileno(self) -> int:
+        """A file that is readable once a request was queued since the last batch was taken
+        (for a runner's ``select`` on its own files too); valid between ``start`` and ``stop``."""
+        if self._wake is None:
+            raise RuntimeError("the gateway is not started")
+        return self._wake[0]
+
     def pump(self, timeout: float = 0.05) -> int:
-        """Serve the queued completions (blocking up to ``timeout`` for the first one); returns
-        how many were served. Call it from the thread that owns the engine."""
-        try:
-            first = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return 0
-        batch = [first]
-        deadline = time.monotonic() + self.batch_window_s
-        while len(batch) < self.max_batch_size:
-            left = deadline - time.monotonic()
-            try:
-                batch.append(
-                    self._queue.get(timeout=max(left, 0)) if left > 0 else self._queue.get_nowait()
-                )
-            except queue.Empty:
-                break
+        """Serve the queued completions (blocking up to ``timeout`` for the first one, then up to
+        ``batch_window_s`` after it was queued for others); returns how many were served. Call
+        it from the thread that owns the engine."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: self._queue, timeout):
+                return 0
+            deadline = self._window_end()
+            while len(self._queue) < self.max_batch_size:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._arrived.wait(left):
+                    break
+            batch = self._take()
+        self._serve(batch)
+        return len(batch)
+
+    def pump_due(self, expected: int) -> float | None:
+        """Serve one batch if it is due, without waiting; for a runner that knows how many
+        requests can still come: ``expected``, one per rollout it is running. Due: as many
+        requests are queued as ``max_batch_size`` or ``expected`` (every running rollout is
+        waiting for the policy, as the in-process env's episodes do), or the oldest has waited
+        ``batch_window_s``. Returns 0.0 after serving a batch (call again), else the seconds
+        until the queued requests are due, or None when nothing is queued (wait on ``fileno``).
+        Call it from the thread that owns the engine."""
+        with self._arrived:
+            self._drain_wake()  # what is queued is read now: a later request writes again
+            if not self._queue:
+                return None
+            want = min(self.max_batch_size, max(expected, 1))
+            left = self._window_end() - time.monotonic()
+            if len(self._queue) < want and left > 0:
+                return left
+            batch = self._take()
+        self._serve(batch)
+        return 0.0
+
+    def _window_end(self) -> float:
+        """When the oldest queued request stops waiting for others (``_arrived`` held)."""
+        return max(self._queue[0].queued_at, self._idle_since) + self.batch_window_s
+
+    def _take(self) -> list[_Pending]:
+        """The oldest ``max_batch_size`` queued requests (``_arrived`` held)."""
+        self._drain_wake()
+        n = min(len(self._queue), self.max_batch_size)
+        return [self._queue.popleft() for _ in range(n)]
+
+    def _drain_wake(self) -> None:
+        if self._wake is None:
+            return
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake[0], 4096):
+                pass
+
+    def _serve(self, batch: list[_Pending]) -> None:
+        """Render and tokenize each request, then generate them (same sampling settings
+        together); a request that cannot be served gets its error."""
         ready = []
         for p in batch:
             try:
@@ -382,7 +464,7 @@ class Gateway:
             same = [p for p in ready if p.params == params]
             ready = [p for p in ready if p.params != params]
             self._generate(same, params)
-        return len(batch)
+        self._idle_since = time.monotonic()
 
     def _generate(self, batch: list[_Pending], params: SamplingParams) -> None:
         indices = []

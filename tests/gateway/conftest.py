@@ -19,8 +19,11 @@ class ScriptedEngine(Engine):
         self.replies = list(replies)
         self.prompts: list[list[int]] = []
         self.outputs: list[Generation] = []
+        # the size of each engine call, in order
+        self.batches: list[int] = []
 
     def generate(self, prompts, params, generator=None):
+        self.batches.append(len(prompts))
         out = []
         for p in prompts:
             self.prompts.append(list(p))

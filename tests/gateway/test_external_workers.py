@@ -73,6 +73,28 @@ def test_few_workers_serve_many_rollouts_each_its_own(tokenizer):
         assert all(not alive(p) for p in pids)
 
 
+def test_each_turn_of_the_running_rollouts_is_one_engine_call(tokenizer):
+    """4 workers, 4 rollouts of two calls each, batches of up to 4 and a window far longer than
+    the test: each turn of the 4 is generated in one engine call, served as soon as all 4 wait
+    for the policy (as the in-process env generates a turn of its episodes), not at the window's
+    end (that would time the rollouts out), nor split as requests arrive."""
+    suite = make_suite(f"{STUB}:good", workers=4)
+    try:
+        suite.gateway_factory = functools.partial(
+            Gateway,
+            tool_format=TagFormat("user", "<result>{content}</result>"),
+            max_batch_size=4,
+            batch_window_s=600,
+        )
+        runner = runner_for(suite, tokenizer)
+        trajs = run(runner, suite.tasks("train")[:4])
+        assert [t.status for t in trajs] == ["ok"] * 4, [t.error for t in trajs]
+        assert runner.engine.batches == [4, 4]
+        assert runner.metrics()["gateway/segments_per_rollout"] == 1.0
+    finally:
+        suite.close()
+
+
 def test_a_reward_posted_to_the_route_counts_as_in_subprocess_mode(tokenizer):
     suite = make_suite(f"{STUB}:report", workers=1)
     try:

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import re
+import select
 import shlex
 import signal
 import subprocess
@@ -251,7 +252,11 @@ class ExternalRunner(Runner):
                 p = self._spawn(gw, i, task, group, tmp)
                 procs.append(p)
                 running.append(p)
-            gw.pump(0.02)
+            # a batch once every running program waits for the policy (or the window passed);
+            # a program's exit is polled every 20 ms
+            due = gw.pump_due(len(running))
+            if due != 0.0:
+                select.select([gw.fileno()], [], [], 0.02 if due is None else min(due, 0.02))
             now = time.monotonic()
             for p in list(running):
                 if p.popen.poll() is not None:

@@ -165,8 +165,11 @@ class WorkerPool:
                         f"agent: no worker could start: {self.broken}",
                     )
                 todo.clear()
-            gw.pump(0.02)
-            for w, msg in self._events(0.0):
+            # a batch once every running rollout waits for the policy (or the window passed);
+            # meanwhile wait for a request or a worker's message, never a fixed sleep
+            due = gw.pump_due(sum(w.job is not None for w in self.workers))
+            wait = min(self._next_expiry(), 1.0 if due is None else due)
+            for w, msg in self._events(wait, gw.fileno()):
                 self._handle(gw, w, msg)
             self._expire()
         while gw.pump(0.0):  # answer anything a killed worker left queued
@@ -197,11 +200,13 @@ class WorkerPool:
         self.workers.append(w)
         return w
 
-    def _events(self, wait: float) -> list[tuple[_Worker, dict | None]]:
-        """(worker, message) for each message that arrived, (worker, None) for a worker gone."""
-        if not self.workers:
+    def _events(self, wait: float, *extra: int) -> list[tuple[_Worker, dict | None]]:
+        """(worker, message) for each message that arrived, (worker, None) for a worker gone;
+        waits up to ``wait`` seconds for one, or for one of the ``extra`` files to be readable."""
+        if not self.workers and not extra:
             return []
-        readable, _, _ = select.select([w.fd for w in self.workers], [], [], wait)
+        fds = [w.fd for w in self.workers] + list(extra)
+        readable, _, _ = select.select(fds, [], [], max(wait, 0.0))
         out: list[tuple[_Worker, dict | None]] = []
         for w in [w for w in self.workers if w.fd in readable]:
             msgs = w.read()
@@ -233,6 +238,12 @@ class WorkerPool:
             except HTTPError as exc:
                 if exc.status != 409:  # 409: the reward it posted itself stands
                     job.failure = f"agent: returned reward refused: {exc.message}"
+
+    def _next_expiry(self) -> float:
+        """Seconds until the first running rollout (or loading worker) runs out of time."""
+        now = time.monotonic()
+        ends = [w.since + self.timeout_s - now for w in self.workers if w.job or not w.loaded]
+        return max(min(ends, default=self.timeout_s), 0.0)
 
     def _expire(self) -> None:
         now = time.monotonic()
