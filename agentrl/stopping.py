@@ -13,7 +13,8 @@ is not safe); the loop checks it at safe points and raises :class:`StopRequested
 At a stop during ``trainer.fit`` :class:`StopAtSafePoints` writes ``last.ckpt`` (the last
 completed RL step, as a validation would) and the run exits with 128 + the signal's number
 (143 for SIGTERM, 130 for SIGINT) and one line naming the phase, the RL step and the command
-that resumes. A second Ctrl-C stops at once, without a checkpoint.
+that resumes (logged: on the console and in the run's ``launch.log``). A second Ctrl-C stops
+at once, without a checkpoint.
 
 Lightning installs its own SIGTERM handler for each ``fit``/``validate`` (it raises
 ``SIGTERMException`` at batch ends and, under DDP, broadcasts from inside the handler);
@@ -267,4 +268,11 @@ def summary(exc: StopRequested, output_dir: str) -> str:
 
 @rank_zero_only
 def report(exc: StopRequested, output_dir: str) -> None:
-    print(summary(exc, output_dir), file=sys.stderr)
+    """The line, through the run's logging: on the console once and in the run's log file
+    (``launch.log``, which tools such as bench/real_models.py read). Without any logging
+    handler (``hydra/job_logging=none``, a run from Python) it goes to stderr."""
+    line = summary(exc, output_dir)
+    if log.isEnabledFor(logging.INFO) and log.hasHandlers():
+        log.info("%s", line)
+    else:
+        print(line, file=sys.stderr)

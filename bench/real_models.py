@@ -12,7 +12,8 @@ is, so the table and the curve can be redrawn with every seed that was ever meas
 
 Per run: validation success along RL (``metrics.csv``), test-split success at the start of RL
 (the baseline: the warm start) and at the end (the last checkpoint), the paired-bootstrap CI of
-the difference (``eval/metrics.json``), wall time and the median seconds per RL step. Prints a
+the difference (``eval/metrics.json``), wall time (``launch.log``; a stopped and resumed run's
+launches summed) and the median seconds per RL step. Prints a
 Markdown table (docs/benchmarks.md, README); ``--png`` draws validation success per seed with the
 test-split start and end points.
 """
@@ -83,20 +84,28 @@ def _seed(run: Path) -> str:
 
 
 def _wall_seconds(run: Path) -> float:
-    """From the run's launch.log: the first to the last timestamped line."""
+    """From the run's launch.log: the time its launches ran, summed. A launch runs from its first
+    timestamped line to its last; a launch stopped by SIGTERM/SIGINT ends with its "stopped by
+    ..." line (agentrl/stopping.py), and the rerun that resumed it appends to the same file, so
+    the time between the stop and the rerun is not counted. (A crashed launch leaves no such
+    line: its rerun's time is then counted from the crash's last line.)"""
     log = run / "launch.log"
     if not log.is_file():
         return float("nan")
     from datetime import datetime
 
-    stamps = []
+    launches: list[list[datetime]] = [[]]
     for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("[20") and "]" in line:
-            try:
-                stamps.append(datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f"))
-            except ValueError:
-                continue
-    return (stamps[-1] - stamps[0]).total_seconds() if len(stamps) >= 2 else float("nan")
+        if not (line.startswith("[20") and "]" in line):
+            continue
+        try:
+            launches[-1].append(datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f"))
+        except ValueError:
+            continue
+        if "] - stopped by SIG" in line:
+            launches.append([])
+    spans = [(s[-1] - s[0]).total_seconds() for s in launches if len(s) >= 2]
+    return sum(spans) if spans else float("nan")
 
 
 def table(runs: list[dict]) -> str:

@@ -340,7 +340,7 @@ def test_overlap_sigterm_during_an_update_saves_and_the_rerun_matches(tmp_path, 
     rc, err, left = ts.launch(tmp_path / "run", cache, "update:3")
     assert rc == 143, err[-3000:]
     assert not left, f"processes left behind: {left}"
-    (line,) = [ln for ln in err.splitlines() if ln.startswith("stopped by SIGTERM")]
+    (line,) = ts.stop_lines(err)
     path = line.split("checkpoint of RL step 3: ")[1].split(";")[0]
     assert checkpoint_rl_step(path) == 3
     (state,) = torch.load(path, weights_only=True)["agentrl"]["pipeline"]

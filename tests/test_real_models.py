@@ -4,6 +4,7 @@ the learning bar of the recipes is a benchmark with its results in docs, not a t
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from omegaconf import open_dict
 
 from agentrl.train import run
-from tests.conftest import CONF, compose_config, require_smollm2
+from tests.conftest import CONF, ROOT, compose_config, require_smollm2
 from tests.test_train import metrics_rows
 
 RECIPES = sorted(p.stem for p in (CONF / "experiment").glob("smollm2_*.yaml"))
@@ -30,6 +31,37 @@ def smollm2_models(tmp_path_factory):
 
 def test_there_are_real_model_recipes():
     assert "smollm2_toolcalc" in RECIPES
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("real_models", ROOT / "bench" / "real_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# a launch stopped by SIGTERM 10 min after it started, resumed 30 min later, done 5 min after
+STOPPED_AND_RESUMED = """\
+[2026-12-06 10:00:00,000][lightning.fabric.utilities.seed][INFO] - Seed set to 0
+[2026-12-06 10:04:00,500][agentrl.train][INFO] - warm start: 64 demonstrations
+received SIGTERM: stopping at the next safe point
+[2026-12-06 10:10:00,000][agentrl][INFO] - stopped by SIGTERM in the rollout of RL step 3; \
+checkpoint of RL step 2: run/checkpoints/last.ckpt; resume: python launch.py hydra.run.dir=run
+[2026-12-06 10:40:00,000][lightning.fabric.utilities.seed][INFO] - Seed set to 0
+[2026-12-06 10:40:01,000][agentrl.train][INFO] - resuming from run/checkpoints/last.ckpt
+[2026-12-06 10:45:00,000][agentrl.summary][INFO] - run finished in 5m 00s: run
+"""
+
+
+def test_bench_wall_time_of_a_stopped_run_ends_at_its_stop_line(tmp_path):
+    bench = _bench()
+    lines = STOPPED_AND_RESUMED.splitlines(keepends=True)
+    # stopped, not resumed: launch to the stop line (not to the last line logged before it)
+    (tmp_path / "launch.log").write_text("".join(lines[:4]))
+    assert bench._wall_seconds(tmp_path) == 600.0
+    # resumed: the two launches, without the 30 minutes between the stop and the rerun
+    (tmp_path / "launch.log").write_text("".join(lines))
+    assert bench._wall_seconds(tmp_path) == 600.0 + 300.0
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import torch
 
 from agentrl import stopping
 from agentrl.train import checkpoint_rl_step
+from tests.test_console import log_messages
 from tests.test_train import assert_same_steps_and_values, metrics_rows, rows_with
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,16 @@ def test_handler_reclaimed_after_lightning_installs_its_own():
 def test_resume_command_reruns_in_the_run_dir():
     # outside @hydra.main there are no overrides to repeat: the run directory is named
     assert stopping.resume_command("/runs/a b").endswith("'hydra.run.dir=/runs/a b'")
+
+
+def test_the_stop_line_is_logged_once_not_printed(caplog, capsys, tmp_path):
+    # logged: Hydra's job logging writes it to the console and to the run's launch.log
+    exc = stopping.StopRequested(signal.SIGTERM, "rollout", 3)
+    with caplog.at_level("INFO", logger="agentrl"):
+        stopping.report(exc, str(tmp_path))
+    assert [r.getMessage() for r in caplog.records] == [stopping.summary(exc, str(tmp_path))]
+    assert caplog.messages[0].startswith("stopped by SIGTERM in the rollout of RL step 3;")
+    assert capsys.readouterr().err == ""
 
 
 def _loops(train: tuple[int, int], val_total: tuple[int, int], val_current: tuple[int, int]):
@@ -121,8 +132,14 @@ COMMON = [
 TIMEOUT_S = 600
 
 
+def stop_lines(output: str) -> list[str]:
+    """The messages of the "stopped by ..." log lines in a run's console output or launch.log."""
+    return [m for m in log_messages(output) if m.startswith("stopped by ")]
+
+
 def launch(run_dir: Path, cache: Path, signal_at: str | None = None):
-    """``python launch.py`` in its own session; returns (return code, stderr, session leftovers)."""
+    """``python launch.py`` in its own session; returns (return code, console output: stdout and
+    stderr together, session leftovers)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     env.pop(stopping.TEST_HOOK, None)
     if signal_at:
@@ -132,8 +149,8 @@ def launch(run_dir: Path, cache: Path, signal_at: str | None = None):
         [sys.executable, "launch.py", *args],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
@@ -182,8 +199,10 @@ def test_sigterm_saves_and_the_rerun_matches(tmp_path, uninterrupted, signal_at,
     print(f"replay: {stopping.TEST_HOOK}={signal_at}\n{err[-2000:]}")
     assert rc == 143, err[-3000:]
     assert not left, f"processes left behind: {left}"
-    lines = [ln for ln in err.splitlines() if ln.startswith("stopped by SIGTERM")]
-    assert len(lines) == 1, err[-3000:]
+    # once on the console, and in the run's log file (which bench/real_models.py reads)
+    lines = stop_lines(err)
+    assert len(lines) == 1 and lines[0].startswith("stopped by SIGTERM"), err[-3000:]
+    assert stop_lines((run_dir / "launch.log").read_text()) == lines
     assert f" {where};" in lines[0] and f"checkpoint of {saved}:" in lines[0], lines[0]
     assert f"resume: python launch.py {COMMON[0]}" in lines[0]
     assert lines[0].endswith(f"hydra.run.dir={run_dir}")
