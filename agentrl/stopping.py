@@ -21,7 +21,8 @@ Lightning installs its own SIGTERM handler for each ``fit``/``validate`` (it rai
 :class:`StopAtSafePoints` puts this one back as each starts, and forwards the signal to the
 ranks Lightning's launcher started, as Lightning's does. Under DDP every rank checks the flag
 where all ranks are in step (before a step, after the rollout, at the end of validation) and
-they stop together if any rank got the signal. SIGUSR1/SIGUSR2 (SLURM requeue) are left alone.
+they stop together if any rank got the signal; rank 0 then waits for the ranks it started
+(:func:`adopt_ranks`). SIGUSR1/SIGUSR2 (SLURM requeue) are left alone.
 
 ``AGENTRL_SIGNAL_AT=<phase>:<step>[:<signal>]`` (phases: warmstart, rollout, update, validation)
 makes the run send the signal to itself when it enters that phase at that step: a test hook that
@@ -35,6 +36,7 @@ import logging
 import os
 import shlex
 import signal
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +74,10 @@ class _State:
     trainer: L.Trainer | None = None
     # what was saved at the stop: (description, path)
     saved: tuple[str, str] | None = None
+    # Lightning's launcher that started the other ranks (trainer=ddp without SLURM), and those
+    # ranks once a stop took them over from Lightning's child-process observer
+    launcher: object | None = None
+    ranks: list = field(default_factory=list)
     previous: dict = field(default_factory=dict)
 
 
@@ -84,9 +90,8 @@ def _handler(signum, frame) -> None:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, no checkpoint
         return
     STATE.signum = signum
-    launcher = getattr(STATE.trainer, "strategy", None) and STATE.trainer.strategy.launcher
-    if launcher is not None and hasattr(launcher, "kill"):
-        launcher.kill(signum)  # the ranks Lightning started as subprocesses (trainer=ddp)
+    if STATE.launcher is not None:
+        STATE.launcher.kill(signum)  # the ranks Lightning started as subprocesses (trainer=ddp)
     name = signal.Signals(signum).name
     again = " (Ctrl-C again stops at once, without a checkpoint)" if signum == signal.SIGINT else ""
     os.write(2, f"\nreceived {name}: stopping at the next safe point{again}\n".encode())
@@ -105,6 +110,9 @@ def claim(trainer) -> None:
     signal in between set our flag too; Lightning's own flag is cleared, so that it does not
     raise its SIGTERMException (which saves nothing) at a batch end."""
     STATE.trainer = trainer
+    launcher = getattr(getattr(trainer, "strategy", None), "launcher", None)
+    if getattr(launcher, "procs", None):  # the first Trainer of the run started the other ranks
+        STATE.launcher = launcher
     reclaim()
     connector = getattr(trainer, "_signal_connector", None)
     if connector is not None and STATE.installed:
@@ -115,6 +123,7 @@ def claim(trainer) -> None:
 def handle_signals():
     """Within: SIGTERM and SIGINT request a stop (see the module docstring)."""
     STATE.signum, STATE.saved, STATE.trainer = None, None, None
+    STATE.launcher, STATE.ranks = None, []
     STATE.previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
     STATE.installed = True
     reclaim()
@@ -140,7 +149,35 @@ def check(phase: str, step: int, sync: bool = True) -> None:
     if sync and D.is_distributed():
         flag = D.any_rank(flag)
     if flag:
+        adopt_ranks()
         raise StopRequested(STATE.signum or signal.SIGTERM, phase, step)
+
+
+def adopt_ranks() -> None:
+    """At a stop, rank 0 takes the ranks it started (Lightning's subprocess launcher) over from
+    Lightning's child-process observer, which SIGKILLs rank 0 as soon as one of them exits
+    non-zero: every rank exits 143 at a stop, in no set order, so rank 0 could be killed before
+    its line. The observer watches the launcher's ``procs`` list, which is emptied here; rank 0
+    waits for the ranks itself before it exits (:func:`wait_for_ranks`)."""
+    procs = getattr(STATE.launcher, "procs", None)
+    if procs:
+        STATE.ranks.extend(procs)
+        procs.clear()
+
+
+def wait_for_ranks(timeout_s: float = 60.0) -> None:
+    """Rank 0 at a stop: the ranks it started exit (they stop at the same safe point); one still
+    running after ``timeout_s`` is killed, as Lightning's observer would have."""
+    for proc in STATE.ranks:
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning(
+                "rank process %d still running %.0f s after the stop: killed", proc.pid, timeout_s
+            )
+            proc.kill()
+            proc.wait()
+    STATE.ranks = []
 
 
 def entered(phase: str, step: int) -> None:

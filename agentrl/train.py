@@ -204,6 +204,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         sys.exit(3)
     except stopping.StopRequested as exc:
         stopping.report(exc, cfg.paths.output_dir)
+        stopping.wait_for_ranks()
         sys.exit(exc.exit_code)
 
 

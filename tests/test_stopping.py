@@ -54,6 +54,35 @@ def test_handler_reclaimed_after_lightning_installs_its_own():
         assert stopping.requested()
 
 
+def test_rank_0_takes_the_ranks_it_started_from_lightnings_observer(monkeypatch):
+    """trainer=ddp: at a stop, a rank Lightning's launcher started exits 143, and Lightning's
+    child-process observer would then SIGKILL rank 0 (all its processes) before its line."""
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    def observed():
+        rank1 = subprocess.Popen([sys.executable, "-c", "raise SystemExit(143)"])
+        rank1.wait()
+        launcher = type("Launcher", (), {"procs": [rank1], "kill": lambda self, signum: None})()
+        observer = _ChildProcessObserver(main_pid=os.getpid(), child_processes=launcher.procs)
+        killed = []
+        observer._terminate_all = lambda: killed.append(True)  # what it would SIGKILL
+        return launcher, observer, killed
+
+    # unadopted (as before): the observer's next look kills rank 0
+    launcher, observer, killed = observed()
+    assert observer._run() and killed
+    launcher, observer, killed = observed()
+    with stopping.handle_signals():
+        monkeypatch.setattr(stopping.STATE, "launcher", launcher)
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(stopping.StopRequested):
+            stopping.check("validation", 2)
+    assert observer._run() and not killed  # nothing left to observe: rank 0 lives
+    assert [p.returncode for p in stopping.STATE.ranks] == [143]
+    stopping.wait_for_ranks()
+    assert stopping.STATE.ranks == []
+
+
 def test_resume_command_reruns_in_the_run_dir():
     # outside @hydra.main there are no overrides to repeat: the run directory is named
     assert stopping.resume_command("/runs/a b").endswith("'hydra.run.dir=/runs/a b'")
