@@ -10,17 +10,21 @@ optimizer, validation aggregated over ranks, rank-0 files, sharded checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import signal
 import subprocess
 import sys
 import zlib
 from pathlib import Path
 
 import lightning as L
+import psutil
 import pytest
 import torch
 
+from agentrl import stopping
 from agentrl.module import AgentRLModule
 from agentrl.rewards.base import RewardOutput
 from agentrl.train import run
@@ -68,6 +72,24 @@ class DumpParams(L.Callback):
         self.dirpath.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().clone() for k, v in pl_module.policy.state_dict().items()}
         torch.save(state, self.dirpath / f"rank{trainer.global_rank}.pt")
+
+
+class SignalAt(L.Callback):
+    """Sends SIGTERM to this process (rank ``rank`` only) as RL step ``step`` ends; every rank
+    writes where its stop was raised to ``dirpath/rank<R>.stop`` (phase, step, pid)."""
+
+    def __init__(self, rank: int, step: int, dirpath: str):
+        self.rank, self.step, self.dirpath = rank, step, Path(dirpath)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == self.rank and pl_module.rl_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, stopping.StopRequested):
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            where = f"{exception.phase} {exception.step} {os.getpid()}"
+            (self.dirpath / f"rank{trainer.global_rank}.stop").write_text(where)
 
 
 COMMON = [
@@ -193,4 +215,43 @@ def test_fsdp_two_processes_sharded_checkpoint_resume_matches_one(single, tmp_pa
 
     exported = AutoModelForCausalLM.from_pretrained(run_dir / "export").state_dict()
     assert_close_params(exported, single)
+    assert_same_run(metrics_rows(run_dir), single)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [1, 0], ids=["rank1", "rank0-the-launcher"])
+def test_ddp_sigterm_to_one_rank_stops_both_at_one_point_and_resumes(single, tmp_path, rank):
+    """SIGTERM to one rank as RL step 2 ends (rank 1 alone, or rank 0, the process the user
+    started, which forwards it to the rank it launched): the ranks agree at the next safe point
+    (the validation after step 2: the signalled rank skips its batches, the other runs them),
+    write one last.ckpt of RL step 2 together, exit 143; the rerun resumes and ends where one
+    process ends."""
+    from agentrl.train import checkpoint_rl_step
+    from tests.test_stopping import stop_lines
+
+    run_dir, stops = tmp_path / "ddp", tmp_path / "stops"
+    signal_at = [
+        "+callbacks.sigterm._target_=tests.test_distributed.SignalAt",
+        f"+callbacks.sigterm.rank={rank}",
+        "+callbacks.sigterm.step=2",
+        f"+callbacks.sigterm.dirpath={stops}",
+    ]
+    proc = launch(run_dir, tmp_path / "cache", "trainer=ddp", *signal_at, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 143, output[-5000:]
+    where = [(stops / f"rank{r}.stop").read_text().split() for r in (0, 1)]
+    assert [w[:2] for w in where] == [["validation", "2"]] * 2, where
+    # rank 1 (started by rank 0) goes too
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(int(where[1][2])).wait(timeout=60)
+    (line,) = stop_lines(output)
+    assert line.startswith("stopped by SIGTERM in the validation after RL step 2;"), line
+    assert stop_lines((run_dir / "launch.log").read_text()) == [line]
+    path = line.split("checkpoint of RL step 2: ")[1].split(";")[0]
+    assert Path(path) == run_dir / "checkpoints" / "last.ckpt" and Path(path).is_file()
+    assert checkpoint_rl_step(path) == 2
+    assert not list(run_dir.glob("**/*rank1*"))
+    launch(run_dir, tmp_path / "cache", "trainer=ddp")
+    log = (run_dir / "launch.log").read_text()
+    assert "resuming from" in log and "(RL step 2;" in log
     assert_same_run(metrics_rows(run_dir), single)
