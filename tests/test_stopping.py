@@ -183,7 +183,7 @@ def launch(run_dir: Path, cache: Path, signal_at: str | None = None):
         text=True,
         start_new_session=True,
     )
-    _, err = proc.communicate(timeout=TIMEOUT_S)
+    err, _ = proc.communicate(timeout=TIMEOUT_S)  # stderr is in stdout
     left = []
     for p in psutil.process_iter(["pid"]):
         try:
