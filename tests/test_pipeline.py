@@ -19,6 +19,7 @@ from agentrl.batching import TokenBatch
 from agentrl.pipeline import RolloutPipeline
 from agentrl.step_data import ScoredBatch
 from agentrl.types import Task, Trajectory
+from tests import test_stopping as ts
 
 
 def rollout_threads() -> list[threading.Thread]:
@@ -260,19 +261,9 @@ def test_bad_settings_are_one_line(kwargs, match):
 
 
 # ----------------------------------------------------------------------------- real runs
-# small settings (as tests/test_stopping.py's): a 40-step warm start, 4 RL steps of 4 tasks,
+# tests/test_stopping.py's small settings: a 40-step warm start, 4 RL steps of 4 tasks,
 # validation (and a checkpoint) every 2 steps
-COMMON = [
-    "rollout.pipeline=overlap",
-    "data.tasks_per_step=4",
-    "data.num_val_tasks=16",
-    "data.val_batch_size=8",
-    "warmstart.steps=40",
-    "warmstart.num_demos=64",
-    "data.steps=4",
-    "trainer.val_check_interval=2",
-    "callbacks.export=null",
-]
+COMMON = ["rollout.pipeline=overlap", *ts.SMALL_RUN]
 KEYS = (
     "rollout/reward_mean",
     "loss/policy",
@@ -328,7 +319,6 @@ def test_overlap_same_seed_same_metrics_and_resume_reproduces(make_cfg, tmp_path
 @pytest.mark.slow
 def test_overlap_sigterm_during_an_update_saves_and_the_rerun_matches(tmp_path, monkeypatch):
     from agentrl.train import checkpoint_rl_step
-    from tests import test_stopping as ts
     from tests.test_train import metrics_rows
 
     # tests/test_stopping.py's runs (launch.py in its own session), in overlap mode

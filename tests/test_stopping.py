@@ -143,8 +143,8 @@ def test_stop_inside_a_validation_restarts_it_from_its_first_batch():
 
 # ----------------------------------------------------------------------------- real runs
 # small settings: a 40-step warm start (rewards not all zero: checked), 4 RL steps of 4 tasks,
-# validation every 2 steps over 2 batches
-COMMON = [
+# validation every 2 steps over 2 batches (tests/test_pipeline.py's overlap runs use them too)
+SMALL_RUN = [
     "data.tasks_per_step=4",
     "data.num_val_tasks=16",
     "data.val_batch_size=8",
@@ -153,6 +153,9 @@ COMMON = [
     "data.steps=4",
     "trainer.val_check_interval=2",
     "callbacks.export=null",
+]
+COMMON = [
+    *SMALL_RUN,
     "trainer.enable_progress_bar=false",
     "callbacks.rich_progress=null",
     "trainer.enable_model_summary=false",
