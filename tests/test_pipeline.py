@@ -342,3 +342,50 @@ def test_overlap_sigterm_during_an_update_saves_and_the_rerun_matches(tmp_path, 
     assert rc == 0, err[-3000:]
     assert not left
     same_rows(metrics_rows(tmp_path / "run"), metrics_rows(tmp_path / "want"))
+
+
+@pytest.mark.slow
+def test_ddp_overlap_stopped_and_resumed_logs_what_the_uninterrupted_run_logs(tmp_path):
+    """trainer=ddp (2 processes), each rank its own pipeline: SIGTERM to rank 1 as RL step 2
+    ends, while each rank's rollout of step 3 is in flight (rank 1's is abandoned unless it
+    ended first; rank 0 sees no signal and finishes its own); the checkpoint holds both ranks'
+    pipelines, and the rerun resumes from it and logs what the uninterrupted DDP run logs."""
+    from agentrl.train import checkpoint_rl_step
+    from tests import test_distributed as td
+
+    # test_distributed's settings (3 steps, a validation and checkpoint each step, a reward
+    # that varies inside groups, so every update is real); its GroupSeededModule's own rollout
+    # is not used by the pipeline: each rank samples its share with its own generator
+    ddp = ["trainer=ddp", "rollout.pipeline=overlap"]
+    cache = tmp_path / "cache"
+    td.launch(tmp_path / "want", cache, *ddp)
+    want = td.metrics_rows(tmp_path / "want")
+    assert len(td.series(want, "loss/policy")) == 3
+    run_dir, stops = tmp_path / "run", tmp_path / "stops"
+    signal_at = [
+        "+callbacks.sigterm._target_=tests.test_distributed.SignalAt",
+        "+callbacks.sigterm.rank=1",
+        "+callbacks.sigterm.step=2",
+        f"+callbacks.sigterm.dirpath={stops}",
+    ]
+    proc = td.launch(run_dir, cache, *ddp, *signal_at, check=False)
+    assert proc.returncode == 143, (proc.stdout + proc.stderr)[-5000:]
+    path = run_dir / "checkpoints" / "last.ckpt"
+    assert checkpoint_rl_step(path) == 2
+    states = torch.load(path, weights_only=True)["agentrl"]["pipeline"]
+    assert len(states) == 2, "one pipeline per rank"
+    for state in states:
+        saved = state["pending"] or state["ready"]
+        assert state["pending"] is None or state["ready"] is None
+        assert (saved["step"], saved["version"]) == (2, 1)
+        assert state["pending"] is None or state["pending"]["weights"]
+    # each rank's share of the step's tasks
+    ids = [set((s["pending"] or s["ready"])["task_ids"]) for s in states]
+    assert len(ids[0]) == 2 and not ids[0] & ids[1], ids
+    td.launch(run_dir, cache, *ddp)
+    assert "(RL step 2;" in (run_dir / "launch.log").read_text()
+    got = td.metrics_rows(run_dir)
+    for key in (*KEYS, "val/reward_mean"):
+        g, w = td.series(got, key), td.series(want, key)
+        assert [s for s, _ in g] == [s for s, _ in w], key
+        assert [v for _, v in g] == pytest.approx([v for _, v in w], abs=1e-6), key
