@@ -31,6 +31,8 @@ BASES = {
     "dpo": ["algorithm=dpo", "env=tooluse", "reward=judge", "adapter=lora"],
     "rloo": ["algorithm=rloo", "env=codegen", "reward=learned"],
     "external": ["env=external", "reward=composite"],
+    "fsdp": ["trainer=fsdp"],
+    "vllm": ["rollout=vllm"],
 }
 
 # (base, overrides, the stderr line after "error: "; a prefix where the rest is long)
@@ -55,12 +57,17 @@ CASES = [
         "algorithm.step=preference; use rollout.pipeline=sync",
     ),
     (
-        "default",
-        [
-            "rollout.pipeline=overlap",
-            "+trainer.strategy={_target_: lightning.pytorch.strategies.ModelParallelStrategy}",
-        ],
-        "rollout.pipeline=overlap does not support trainer=fsdp",
+        "fsdp",
+        ["rollout.pipeline=overlap"],
+        "rollout.pipeline=overlap does not support trainer=fsdp (its rollout thread holds a "
+        "whole copy of the policy); use trainer=ddp or rollout.pipeline=sync",
+    ),
+    (
+        "vllm",
+        ["rollout.pipeline=overlap"],
+        "rollout.pipeline=overlap does not support rollout=vllm (untested, and a run stopped "
+        "mid-rollout could not resume exactly: vLLM's weights of the abandoned rollout are not "
+        "checkpointed); use rollout=hf or rollout.pipeline=sync",
     ),
     ("default", ["rollout.temperature=-1"], "rollout.temperature must be > 0, got -1"),
     ("default", ["rollout.top_p=0"], "rollout.top_p must be in (0, 1], got 0"),

@@ -260,6 +260,26 @@ def test_bad_settings_are_one_line(kwargs, match):
         RolloutPipeline(**{**args, **kwargs})
 
 
+@pytest.mark.parametrize(
+    ("engine", "step", "match"),
+    [
+        (PushEngine(), "rl", r"^rollout.pipeline=overlap needs rollout=hf \(an engine on the "),
+        (SharedEngine(), "preference", r"^rollout.pipeline=overlap needs an RL algorithm"),
+    ],
+    ids=["vllm-like-engine", "dpo"],
+)
+def test_the_module_refuses_what_the_config_check_refuses(engine, step, match):
+    """A module built without the config check (agentrl/config_check.py says why, at launch)."""
+    from agentrl.module import AgentRLModule
+
+    module = SimpleNamespace(engine=engine, algorithm=SimpleNamespace(tis_cap=None))
+    with pytest.raises(ValueError, match=match) as info:
+        AgentRLModule._pipeline(module, "overlap", step, 1, 1, "tis", 2.0)
+    assert "\n" not in str(info.value)
+    # the same engine in the sync loop is fine
+    assert AgentRLModule._pipeline(module, "sync", step, 1, 1, "tis", 2.0) is None
+
+
 # ----------------------------------------------------------------------------- real runs
 # tests/test_stopping.py's small settings: a 40-step warm start, 4 RL steps of 4 tasks,
 # validation (and a checkpoint) every 2 steps
