@@ -409,3 +409,46 @@ def test_ddp_overlap_stopped_and_resumed_logs_what_the_uninterrupted_run_logs(tm
         g, w = td.series(got, key), td.series(want, key)
         assert [s for s, _ in g] == [s for s, _ in w], key
         assert [v for _, v in g] == pytest.approx([v for _, v in w], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_reused_samples_and_their_use_counts_survive_a_resume(make_cfg, tmp_path, monkeypatch):
+    """max_reuse=2, max_staleness=2: the update of step k trains on batch k (version k-1) and
+    on batch k-1 a second time (version k-2). The use counts are in the checkpoint: a resumed
+    run that lost them would keep batch 1 for a third use (buffer/reuse_mean, stale_dropped)."""
+    from omegaconf import open_dict
+
+    from agentrl.train import run
+    from tests.test_train import SimulatedCrash, metrics_rows, rows_with
+
+    monkeypatch.setenv("AGENTRL_EXTRA_TARGETS", "tests.")
+    reuse = [*COMMON, "rollout.max_reuse=2", "rollout.max_staleness=2"]
+    run(make_cfg(*reuse, run="a"))
+    a = metrics_rows(tmp_path / "a")
+
+    def per_step(rows, key):
+        return [r[key] for r in rows_with(rows, key)]
+
+    # batch 0 alone; batches 0 and 1 (both version 0); then each step one batch 1 version old
+    # and one 2 versions old, each used a second time
+    assert per_step(a, "pipeline/staleness_mean") == [0.0, 1.0, 1.5, 1.5]
+    assert per_step(a, "pipeline/staleness_2_frac") == [0.0, 0.0, 0.5, 0.5]
+    assert per_step(a, "buffer/reuse_mean") == [1.0, 1.5, 1.5, 1.5]
+    n = per_step(a, "buffer/drained")[0]  # a batch: tasks x group size
+    assert per_step(a, "buffer/drained") == [n, 2 * n, 2 * n, 2 * n]
+    assert per_step(a, "buffer/stale_dropped") == [0.0] * 4
+    assert rows_with(a, "loss/policy"), "no update ran: the comparison would be trivial"
+    crashed = make_cfg(*reuse, run="c")
+    with open_dict(crashed):
+        crashed.callbacks.crash = {"_target_": "tests.test_train.CrashAt", "step": 2}
+    with pytest.raises(SimulatedCrash):
+        run(crashed)
+    ckpt = torch.load(tmp_path / "c" / "checkpoints" / "last.ckpt", weights_only=True)
+    (state,) = ckpt["agentrl"]["pipeline"]
+    # batch 1 (added at step 1, version 0) used once, held for its second use
+    assert {(s, u, v) for s, _, u, v in state["buffer"]["items"]} == {(1, 1, 0)}
+    run(make_cfg(*reuse, run="c"))
+    c = metrics_rows(tmp_path / "c")
+    same_rows(c, a)
+    for key in ("buffer/reuse_mean", "buffer/stale_dropped", "buffer/size", "buffer/drained"):
+        assert per_step(c, key) == per_step(a, key), key
