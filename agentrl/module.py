@@ -174,7 +174,10 @@ class AgentRLModule(L.LightningModule):
         self.engine.sync(self.policy)
         if self.pipeline is not None and self.pipeline.module is None:
             if D.fsdp_modules(self.policy):
-                raise ValueError("rollout.pipeline=overlap does not support trainer=fsdp")
+                raise ValueError(
+                    "rollout.pipeline=overlap does not support trainer=fsdp (its rollout thread "
+                    "holds a whole copy of the policy); use trainer=ddp or rollout.pipeline=sync"
+                )
             self.pipeline.bind(self)  # on the model's device by now
 
     def teardown(self, stage: str) -> None:

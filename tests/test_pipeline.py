@@ -280,6 +280,22 @@ def test_the_module_refuses_what_the_config_check_refuses(engine, step, match):
     assert AgentRLModule._pipeline(module, "sync", step, 1, 1, "tis", 2.0) is None
 
 
+def test_the_module_refuses_a_sharded_policy(monkeypatch):
+    """trainer=fsdp past the config check: refused as fit starts, before the thread copies it."""
+    from agentrl import distributed as D
+    from agentrl.module import AgentRLModule
+
+    policy = torch.nn.Linear(2, 2)
+    pipe = RolloutPipeline(max_staleness=1, max_reuse=1, correction="tis", correction_cap=2.0)
+    module = SimpleNamespace(policy=policy, critic=None, engine=SharedEngine(), pipeline=pipe)
+    monkeypatch.setattr(D, "fsdp_modules", lambda model: [model])
+    with pytest.raises(
+        ValueError, match=r"^rollout.pipeline=overlap does not support trainer=fsdp \("
+    ):
+        AgentRLModule.on_fit_start(module)
+    assert pipe.module is None and not rollout_threads()
+
+
 # ----------------------------------------------------------------------------- real runs
 # tests/test_stopping.py's small settings: a 40-step warm start, 4 RL steps of 4 tasks,
 # validation (and a checkpoint) every 2 steps
