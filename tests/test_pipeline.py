@@ -296,6 +296,23 @@ def test_the_module_refuses_a_sharded_policy(monkeypatch):
     assert pipe.module is None and not rollout_threads()
 
 
+def test_a_checkpoint_of_two_ranks_pipelines_refuses_one_process():
+    """Each rank resumes its own pipeline: another number of processes is one line."""
+    from agentrl.module import AgentRLModule
+    from agentrl.rng import rng_state
+
+    pipe = RolloutPipeline(max_staleness=1, max_reuse=1, correction="tis", correction_cap=2.0)
+    module = SimpleNamespace(counters={}, _trainer=None, pipeline=pipe, global_rank=0)
+    state = pipe.state_dict()
+    ckpt = {"agentrl": {"rl_step": 2, "counters": {}, "rng": rng_state(), "pipeline": [state] * 2}}
+    with pytest.raises(ValueError, match=r"^this overlap checkpoint holds 2 ranks' pipelines; it "
+                       r"resumes with 2 processes, not 1$"):  # fmt: skip
+        AgentRLModule.on_load_checkpoint(module, ckpt)
+    ckpt["agentrl"]["pipeline"] = [state]
+    AgentRLModule.on_load_checkpoint(module, ckpt)
+    assert module.rl_step == 2
+
+
 # ----------------------------------------------------------------------------- real runs
 # tests/test_stopping.py's small settings: a 40-step warm start, 4 RL steps of 4 tasks,
 # validation (and a checkpoint) every 2 steps
