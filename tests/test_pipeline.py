@@ -7,10 +7,12 @@ engine holds; the slow ones run the real loop (tiny model) end to end.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 
@@ -397,12 +399,41 @@ def test_overlap_sigterm_during_an_update_saves_and_the_rerun_matches(tmp_path, 
     same_rows(metrics_rows(tmp_path / "run"), metrics_rows(tmp_path / "want"))
 
 
+class SignalInFlight(L.Callback):
+    """SIGTERM to rank ``rank`` as RL step ``step`` ends, with that rank's rollout of step
+    ``step + 1`` surely in flight: the rollout waits for the signal before it samples (the
+    timing is fixed, not a race), so it ends after the stop and is abandoned."""
+
+    def __init__(self, rank: int, step: int):
+        self.rank, self.step = rank, step
+        self.sent = threading.Event()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank != self.rank or pl_module.rl_step != self.step - 1:
+            return
+        runner = pl_module.pipeline.runner  # the step's commit starts its next rollout with it
+
+        def gated(*args, **kwargs):
+            del runner.run  # the runner's own method again
+            # a hang guard, not a synchronization: the signal is sent long before
+            assert self.sent.wait(timeout=300), "the test's signal was never sent"
+            return runner.run(*args, **kwargs)
+
+        runner.run = gated
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == self.rank and pl_module.rl_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+            self.sent.set()
+
+
 @pytest.mark.slow
 def test_ddp_overlap_stopped_and_resumed_logs_what_the_uninterrupted_run_logs(tmp_path):
     """trainer=ddp (2 processes), each rank its own pipeline: SIGTERM to rank 1 as RL step 2
-    ends, while each rank's rollout of step 3 is in flight (rank 1's is abandoned unless it
-    ended first; rank 0 sees no signal and finishes its own); the checkpoint holds both ranks'
-    pipelines, and the rerun resumes from it and logs what the uninterrupted DDP run logs."""
+    ends, while its rollout of step 3 is in flight (abandoned: saved with its snapshot's
+    weights); rank 0 sees no signal, finishes its own rollout (saved as ready) and stops with
+    rank 1 at the validation. The rerun resumes both and logs what the uninterrupted DDP run
+    logs."""
     from agentrl.train import checkpoint_rl_step
     from tests import test_distributed as td
 
@@ -414,12 +445,11 @@ def test_ddp_overlap_stopped_and_resumed_logs_what_the_uninterrupted_run_logs(tm
     td.launch(tmp_path / "want", cache, *ddp)
     want = td.metrics_rows(tmp_path / "want")
     assert len(td.series(want, "loss/policy")) == 3
-    run_dir, stops = tmp_path / "run", tmp_path / "stops"
+    run_dir = tmp_path / "run"
     signal_at = [
-        "+callbacks.sigterm._target_=tests.test_distributed.SignalAt",
+        "+callbacks.sigterm._target_=tests.test_pipeline.SignalInFlight",
         "+callbacks.sigterm.rank=1",
         "+callbacks.sigterm.step=2",
-        f"+callbacks.sigterm.dirpath={stops}",
     ]
     proc = td.launch(run_dir, cache, *ddp, *signal_at, check=False)
     assert proc.returncode == 143, (proc.stdout + proc.stderr)[-5000:]
@@ -427,14 +457,12 @@ def test_ddp_overlap_stopped_and_resumed_logs_what_the_uninterrupted_run_logs(tm
     assert checkpoint_rl_step(path) == 2
     states = torch.load(path, weights_only=True)["agentrl"]["pipeline"]
     assert len(states) == 2, "one pipeline per rank"
-    for state in states:
-        saved = state["pending"] or state["ready"]
-        assert state["pending"] is None or state["ready"] is None
-        assert (saved["step"], saved["version"]) == (2, 1)
-        assert state["pending"] is None or state["pending"]["weights"]
+    ready, pending = states[0]["ready"], states[1]["pending"]
+    assert states[0]["pending"] is None and states[1]["ready"] is None
+    assert (ready["step"], ready["version"]) == (pending["step"], pending["version"]) == (2, 1)
+    assert ready["trajs"] and pending["trajs"] is None and pending["weights"]
     # each rank's share of the step's tasks
-    ids = [set((s["pending"] or s["ready"])["task_ids"]) for s in states]
-    assert len(ids[0]) == 2 and not ids[0] & ids[1], ids
+    assert len(ready["task_ids"]) == 2 and not set(ready["task_ids"]) & set(pending["task_ids"])
     td.launch(run_dir, cache, *ddp)
     assert "(RL step 2;" in (run_dir / "launch.log").read_text()
     got = td.metrics_rows(run_dir)
