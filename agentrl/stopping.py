@@ -79,6 +79,8 @@ class _State:
     launcher: object | None = None
     ranks: list = field(default_factory=list)
     previous: dict = field(default_factory=dict)
+    # called with the signal's number as a stop is requested (see on_signal)
+    notify: object | None = None
 
 
 STATE = _State()
@@ -92,6 +94,8 @@ def _handler(signum, frame) -> None:
     STATE.signum = signum
     if STATE.launcher is not None:
         STATE.launcher.kill(signum)  # the ranks Lightning started as subprocesses (trainer=ddp)
+    if STATE.notify is not None:
+        STATE.notify(signum)
     name = signal.Signals(signum).name
     again = " (Ctrl-C again stops at once, without a checkpoint)" if signum == signal.SIGINT else ""
     os.write(2, f"\nreceived {name}: stopping at the next safe point{again}\n".encode())
@@ -135,6 +139,27 @@ def handle_signals():
         STATE.installed, STATE.signum = False, None
         for sig, old in STATE.previous.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def on_signal(callback):
+    """Within: ``callback(signum)`` runs as a stop is requested, also while this process waits
+    in a blocking call (a waiting rank of the warm start tells the computing one); at once if
+    one was requested before."""
+    STATE.notify = callback
+    try:
+        if STATE.signum is not None:
+            callback(STATE.signum)
+        yield
+    finally:
+        STATE.notify = None
+
+
+def request(signum: int) -> None:
+    """A stop asked for by another rank (through a file, before any collective exists): as if
+    this process had got ``signum``."""
+    if STATE.signum is None and STATE.installed:
+        STATE.signum = signum
 
 
 def requested() -> bool:
