@@ -22,7 +22,8 @@ Lightning installs its own SIGTERM handler for each ``fit``/``validate`` (it rai
 ranks Lightning's launcher started, as Lightning's does. Under DDP every rank checks the flag
 where all ranks are in step (before a step, after the rollout, at the end of validation) and
 they stop together if any rank got the signal; rank 0 then waits for the ranks it started
-(:func:`adopt_ranks`). SIGUSR1/SIGUSR2 (SLURM requeue) are left alone.
+(:func:`adopt_ranks`). In the warm start, before the ranks connect, they agree through the run
+directory instead (agentrl/warmstart_stop.py). SIGUSR1/SIGUSR2 (SLURM requeue) are left alone.
 
 ``AGENTRL_SIGNAL_AT=<phase>:<step>[:<signal>]`` (phases: warmstart, rollout, update, validation)
 makes the run send the signal to itself when it enters that phase at that step: a test hook that
