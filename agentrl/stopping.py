@@ -22,7 +22,8 @@ Lightning installs its own SIGTERM handler for each ``fit``/``validate`` (it rai
 ranks Lightning's launcher started, as Lightning's does. Under DDP every rank checks the flag
 where all ranks are in step (before a step, after the rollout, at the end of validation) and
 they stop together if any rank got the signal; rank 0 then waits for the ranks it started
-(:func:`adopt_ranks`). SIGUSR1/SIGUSR2 (SLURM requeue) are left alone.
+(:func:`adopt_ranks`). In the warm start, before the ranks connect, they agree through the run
+directory instead (agentrl/warmstart_stop.py). SIGUSR1/SIGUSR2 (SLURM requeue) are left alone.
 
 ``AGENTRL_SIGNAL_AT=<phase>:<step>[:<signal>]`` (phases: warmstart, rollout, update, validation)
 makes the run send the signal to itself when it enters that phase at that step: a test hook that
@@ -79,6 +80,8 @@ class _State:
     launcher: object | None = None
     ranks: list = field(default_factory=list)
     previous: dict = field(default_factory=dict)
+    # called with the signal's number as a stop is requested (see on_signal)
+    notify: object | None = None
 
 
 STATE = _State()
@@ -92,6 +95,8 @@ def _handler(signum, frame) -> None:
     STATE.signum = signum
     if STATE.launcher is not None:
         STATE.launcher.kill(signum)  # the ranks Lightning started as subprocesses (trainer=ddp)
+    if STATE.notify is not None:
+        STATE.notify(signum)
     name = signal.Signals(signum).name
     again = " (Ctrl-C again stops at once, without a checkpoint)" if signum == signal.SIGINT else ""
     os.write(2, f"\nreceived {name}: stopping at the next safe point{again}\n".encode())
@@ -135,6 +140,27 @@ def handle_signals():
         STATE.installed, STATE.signum = False, None
         for sig, old in STATE.previous.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def on_signal(callback):
+    """Within: ``callback(signum)`` runs as a stop is requested, also while this process waits
+    in a blocking call (a waiting rank of the warm start tells the computing one); at once if
+    one was requested before."""
+    STATE.notify = callback
+    try:
+        if STATE.signum is not None:
+            callback(STATE.signum)
+        yield
+    finally:
+        STATE.notify = None
+
+
+def request(signum: int) -> None:
+    """A stop asked for by another rank (through a file, before any collective exists): as if
+    this process had got ``signum``."""
+    if STATE.signum is None and STATE.installed:
+        STATE.signum = signum
 
 
 def requested() -> bool:

@@ -22,13 +22,14 @@ import math
 import os
 import random
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.fabric.plugins.environments import LightningEnvironment
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from agentrl import stopping
 from agentrl.batching import collate
@@ -36,6 +37,7 @@ from agentrl.rollout.chat import ChatFormat
 from agentrl.rollout.runner import EpisodeRunner
 from agentrl.utils.cache import cache_key
 from agentrl.utils.instantiate import instantiate, to_container
+from agentrl.warmstart_stop import StopFiles
 
 log = logging.getLogger(__name__)
 
@@ -236,19 +238,35 @@ class WarmStart:
         return [runner.demonstration(t, actions) for t, actions in plans]
 
     def run(
-        self, policy, tokenizer, runner: EpisodeRunner, suite, identity: dict, trainer_kwargs: dict
+        self,
+        policy,
+        tokenizer,
+        runner: EpisodeRunner,
+        suite,
+        identity: dict,
+        trainer_kwargs: dict,
+        run_dir: str | None = None,
     ):
-        """Train ``policy`` in place (or load the cached result). Returns the cache folder used."""
+        """Train ``policy`` in place (or load the cached result). Returns the cache folder used.
+        ``run_dir``: the run's directory, through which the ranks of a run agree on a stop
+        (agentrl/warmstart_stop.py; None: a process alone)."""
         if not self.enabled:
             return None
         folder = self.folder(identity)
         folder.parent.mkdir(parents=True, exist_ok=True)
+        stop = StopFiles(run_dir, folder.name) if run_dir else None
         # one process trains, the others (DDP ranks under srun, a sweep's jobs) wait and reuse
         with open(folder.parent / f"{folder.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            return self._run(policy, tokenizer, runner, suite, folder, identity, trainer_kwargs)
+            _acquire(lock, stop)
+            if stop is not None:
+                _stop_with_the_computing_rank(stop)
+            args = (policy, tokenizer, runner, suite, folder, identity, trainer_kwargs, stop)
+            folder = self._run(*args)
+        if stop is not None:
+            stop.clear()
+        return folder
 
-    def _run(self, policy, tokenizer, runner, suite, folder: Path, identity, trainer_kwargs):
+    def _run(self, policy, tokenizer, runner, suite, folder: Path, identity, trainer_kwargs, stop):
         weights = folder / "model.pt"
         if weights.exists():
             log.info("warm start: reusing %s", folder)
@@ -270,7 +288,7 @@ class WarmStart:
             self._save(policy, folder, content)
             return folder
         # a rank that waited for the lock while the one training was stopped stops too
-        stopping.check("warm start", 0, sync=False)
+        _check(stop, 0)
         solved = sum(bool(d.success) for d in demos) / len(demos)
         log.info(
             "warm start: %d demonstrations (%.0f%% correct), %d steps",
@@ -279,7 +297,7 @@ class WarmStart:
             self.steps,
         )
         partial = folder.parent / f"{folder.name}.partial.ckpt"
-        trainer = self._train(policy, batch, trainer_kwargs, partial, content)
+        trainer = self._train(policy, batch, trainer_kwargs, partial, content, stop)
         if trainer.global_rank == 0:
             self._save(policy, folder, content)
             partial.unlink(missing_ok=True)
@@ -301,7 +319,7 @@ class WarmStart:
                 return entry.parent
         return None
 
-    def _train(self, policy, batch, trainer_kwargs: dict, partial: Path, content: str):
+    def _train(self, policy, batch, trainer_kwargs: dict, partial: Path, content: str, stop):
         """SFT for ``steps`` optimizer steps, or the rest of them after the ``partial`` progress
         a stopped warm start saved (weights, optimizer, schedule, RNG: the same result)."""
         data = torch.utils.data.TensorDataset(
@@ -322,7 +340,8 @@ class WarmStart:
             data, batch_size=self.batch_size, sampler=order[done * self.batch_size :]
         )
         kwargs = dict(trainer_kwargs)
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), _StopBetweenSteps(partial, content)]
+        stops = _StopBetweenSteps(partial, content, stop)
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), stops]
         if self.precision is not None:
             kwargs["precision"] = self.precision
         dtype = next(policy.parameters()).dtype
@@ -372,13 +391,57 @@ def load_partial(path: Path, content: str) -> dict | None:
     return state if state.get("content") == content else None
 
 
-class _StopBetweenSteps(L.Callback):
-    """The warm start's safe points: after each optimizer step, a stop signal saves the progress
-    to ``partial`` (written then renamed) and stops (agentrl.stopping)."""
+def _acquire(lock, stop: StopFiles | None) -> None:
+    """The cache entry's lock; while another process holds it, a stop signal to this one asks
+    the computing rank of this run to stop (``stop``'s request)."""
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    log.info("warm start: waiting for %s (another process is computing it)", lock.name)
+    if stop is None:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return
+    with stopping.on_signal(stop.request):
+        fcntl.flock(lock, fcntl.LOCK_EX)
 
-    def __init__(self, partial: Path, content: str):
+
+def _stop_with_the_computing_rank(stop: StopFiles) -> None:
+    """A rank that got the lock after the computing rank of its run stopped stops at the same
+    point, with the same line (what that rank saved)."""
+    record = stop.stop_record()
+    if record is None:
+        return
+    signum = stopping.STATE.signum or signal.Signals[record["signal"]]
+    stopping.request(signum)
+    if record.get("saved"):
+        stopping.STATE.saved = tuple(record["saved"])
+    raise stopping.StopRequested(signum, "warm start", int(record["step"]))
+
+
+def _check(stop: StopFiles | None, step: int) -> None:
+    """A safe point of the computing rank: a stop (its own signal, or a waiting rank's request)
+    is recorded for the run's other ranks, then raised."""
+    if stop is not None and not stopping.requested():
+        signum = stop.requested()
+        if signum is not None:
+            stopping.request(signum)
+    if stopping.requested():
+        if stop is not None:
+            stop.stopped(stopping.STATE.signum, step, stopping.STATE.saved)
+        stopping.check("warm start", step, sync=False)
+
+
+class _StopBetweenSteps(L.Callback):
+    """The warm start's safe points: after each optimizer step, a stop signal (or a waiting
+    rank's request, read from ``stop``) saves the progress to ``partial`` (written then renamed)
+    and stops (agentrl.stopping)."""
+
+    def __init__(self, partial: Path, content: str, stop: StopFiles | None = None):
         self.partial = partial
         self.content = content
+        self.stop = stop
 
     def on_train_start(self, trainer, pl_module) -> None:
         stopping.claim(trainer)  # Lightning installed its SIGTERM handler for this fit
@@ -396,6 +459,10 @@ class _StopBetweenSteps(L.Callback):
         stopping.entered("warmstart", self._done(trainer, pl_module) + 1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not stopping.requested() and self.stop is not None:
+            signum = self.stop.requested()
+            if signum is not None:
+                stopping.request(signum)
         if not stopping.requested():
             return
         step = self._done(trainer, pl_module)
@@ -413,7 +480,7 @@ class _StopBetweenSteps(L.Callback):
         torch.save(state, tmp)
         os.replace(tmp, self.partial)
         stopping.STATE.saved = (f"warm-start step {step}", str(self.partial))
-        stopping.check("warm start", step, sync=False)
+        _check(self.stop, step)
 
 
 def stage_parts(cfg: DictConfig, suite) -> dict:
@@ -446,4 +513,7 @@ def warm_start(cfg: DictConfig, parts: dict, policy, tokenizer) -> Path | None:
         "callbacks": [instantiate(bar)] if bar else [],
     }
     identity = warmstart_identity(cfg)
-    return parts["warmstart"].run(policy, tokenizer, runner, parts["suite"], identity, kwargs)
+    run_dir = OmegaConf.select(cfg, "paths.output_dir")
+    return parts["warmstart"].run(
+        policy, tokenizer, runner, parts["suite"], identity, kwargs, run_dir
+    )

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
 
-from agentrl import stopping
+from agentrl import stopping, warmstart_stop
 from agentrl.train import checkpoint_rl_step
+from agentrl.warmstart import _check, _stop_with_the_computing_rank
+from agentrl.warmstart_stop import StopFiles
 from tests.test_console import log_messages
 from tests.test_train import assert_same_steps_and_values, metrics_rows, rows_with
 
@@ -81,6 +86,67 @@ def test_rank_0_takes_the_ranks_it_started_from_lightnings_observer(monkeypatch)
     assert [p.returncode for p in stopping.STATE.ranks] == [143]
     stopping.wait_for_ranks()
     assert stopping.STATE.ranks == []
+
+
+def test_warm_start_stop_files_of_another_warm_start_or_attempt_are_ignored(tmp_path, monkeypatch):
+    files = StopFiles(tmp_path, "abc")
+    assert files.requested() is None and files.stop_record() is None
+    files.request(signal.SIGINT)
+    files.stopped(signal.SIGTERM, 7, ("warm-start step 7", "/cache/abc.partial.ckpt"))
+    assert files.requested() == signal.SIGINT
+    record = files.stop_record()
+    assert (record["signal"], record["step"], record["saved"][0]) == (
+        "SIGTERM",
+        7,
+        "warm-start step 7",
+    )
+    assert StopFiles(tmp_path, "other").stop_record() is None  # another warm start's
+    # a process started after they were written: a previous attempt's
+    monkeypatch.setattr(warmstart_stop, "STARTED", time.time() + 60)
+    assert files.requested() is None and files.stop_record() is None
+    files.clear()
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_signal_while_waiting_reaches_the_callback_once():
+    got = []
+    with stopping.handle_signals():
+        with stopping.on_signal(got.append):
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert got == [signal.SIGTERM]
+    with stopping.handle_signals():  # requested before the wait: at once
+        os.kill(os.getpid(), signal.SIGINT)
+        with stopping.on_signal(got.append):
+            pass
+    assert got == [signal.SIGTERM, signal.SIGINT]
+
+
+def test_the_computing_rank_stops_at_a_waiting_ranks_request_and_records_it(tmp_path):
+    files = StopFiles(tmp_path, "abc")
+    with stopping.handle_signals():
+        _check(files, 2)  # nothing asked: it goes on
+        files.request(signal.SIGTERM)  # a waiting rank's signal
+        stopping.STATE.saved = ("warm-start step 3", "/cache/abc.partial.ckpt")
+        with pytest.raises(stopping.StopRequested) as info:
+            _check(files, 3)
+    assert (info.value.phase, info.value.step, info.value.exit_code) == ("warm start", 3, 143)
+    record = files.stop_record()
+    assert (record["step"], record["saved"][1]) == (3, "/cache/abc.partial.ckpt")
+
+
+def test_a_waiting_rank_stops_where_the_computing_rank_stopped(tmp_path):
+    files = StopFiles(tmp_path, "abc")
+    with stopping.handle_signals():
+        _stop_with_the_computing_rank(files)  # none stopped: it goes on
+        files.stopped(signal.SIGTERM, 5, ("warm-start step 5", "/cache/abc.partial.ckpt"))
+        with pytest.raises(stopping.StopRequested) as info:
+            _stop_with_the_computing_rank(files)
+        saved = stopping.STATE.saved
+    assert (info.value.phase, info.value.step, info.value.exit_code) == ("warm start", 5, 143)
+    assert saved == ("warm-start step 5", "/cache/abc.partial.ckpt")
+    line = stopping.summary(info.value, str(tmp_path))
+    assert line.startswith("stopped by SIGTERM in the warm start at its step 5; checkpoint of")
 
 
 def test_resume_command_reruns_in_the_run_dir():
@@ -187,14 +253,19 @@ def launch(run_dir: Path, cache: Path, signal_at: str | None = None):
         start_new_session=True,
     )
     err, _ = proc.communicate(timeout=TIMEOUT_S)  # stderr is in stdout
+    return proc.returncode, err, leftovers(proc.pid)
+
+
+def leftovers(session: int) -> list[int]:
+    """The live processes of a session (a run started with ``start_new_session``)."""
     left = []
     for p in psutil.process_iter(["pid"]):
         try:
-            if os.getsid(p.pid) == proc.pid and p.status() != psutil.STATUS_ZOMBIE:
+            if os.getsid(p.pid) == session and p.status() != psutil.STATUS_ZOMBIE:
                 left.append(p.pid)
         except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
             continue
-    return proc.returncode, err, left
+    return left
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +321,142 @@ def test_sigterm_saves_and_the_rerun_matches(tmp_path, uninterrupted, signal_at,
     assert_same_steps_and_values(rows, want)
     # the loggers' step column too: the resumed run's rows are the uninterrupted run's
     assert [r.get("step") for r in rows] == [r.get("step") for r in want]
+
+
+# ----------------------------------------------------------------------------- DDP, warm start
+# Lightning's own launcher starts rank 1 after rank 0's warm start (rank 1 reuses it); ranks that
+# srun or torchrun start together each run the warm start: one computes it under the cache
+# entry's lock, the others wait for the lock. Those are started here as torchrun would.
+
+
+class Rank:
+    """One rank of a ``trainer=ddp`` run of 2 processes started by hand (LOCAL_RANK, WORLD_SIZE,
+    MASTER_ADDR/PORT set, as torchrun sets them), in its own session; its console output is
+    read as it comes."""
+
+    def __init__(self, rank: int, run_dir: Path, cache: Path, port: int):
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        env.pop(stopping.TEST_HOOK, None)
+        env.update(
+            LOCAL_RANK=str(rank),
+            NODE_RANK="0",
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        args = [*COMMON, "trainer=ddp", f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"]
+        if rank:  # the job name and config files of a rank Lightning's launcher starts
+            args += [f"hydra.job.name=train_ddp_process_{rank}", "hydra.output_subdir=null"]
+        self.proc = subprocess.Popen(
+            [sys.executable, "launch.py", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+        with self.changed:
+            self.lines.append(None)  # the end of the output
+            self.changed.notify_all()
+
+    def wait_for(self, text: str) -> None:
+        """Until the rank prints a line with ``text`` (it fails if the rank ends first)."""
+        with self.changed:
+            self.changed.wait_for(
+                lambda: any(line is None or text in line for line in self.lines), TIMEOUT_S
+            )
+            found = any(line is not None and text in line for line in self.lines)
+        assert found, f"no {text!r} in:\n{self.output()[-3000:]}"
+
+    def output(self) -> str:
+        with self.changed:
+            return "".join(line for line in self.lines if line is not None)
+
+    def finish(self) -> tuple[int, str, list[int]]:
+        """(exit code, console output, processes left in its session); killed after
+        TIMEOUT_S (a hang)."""
+        try:
+            self.proc.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.reader.join()
+        return self.proc.returncode, self.output(), leftovers(self.proc.pid)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(run_dir: Path, cache: Path) -> list[tuple[int, str, list[int]]]:
+    """Both ranks started together, to their end."""
+    port = free_port()
+    ranks = [Rank(r, run_dir, cache, port) for r in (0, 1)]
+    return [rank.finish() for rank in ranks]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_ddp(uninterrupted, tmp_path_factory):
+    """The metrics of the 2-rank run uninterrupted, from the uninterrupted run's warm start."""
+    _, cache = uninterrupted
+    run_dir = tmp_path_factory.mktemp("uninterrupted_ddp") / "run"
+    for rc, out, left in run_ranks(run_dir, cache):
+        assert rc == 0 and not left, out[-3000:]
+    return metrics_rows(run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signalled", [0, 1], ids=["rank0-computing", "rank1-waiting"])
+def test_ddp_sigterm_in_the_warm_start_stops_both_ranks_and_the_rerun_matches(
+    tmp_path, uninterrupted, uninterrupted_ddp, signalled
+):
+    """trainer=ddp, 2 ranks started together: rank 0 computes the warm start, rank 1 waits for
+    its lock. SIGTERM to one of them alone (rank 0 computing, or rank 1 waiting) stops both at
+    the same optimizer step: the progress is saved once, both exit 143, rank 0 prints the one
+    stop line; the rerun continues the warm start and logs what the uninterrupted run logs."""
+    _, shared_cache = uninterrupted
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    port = free_port()
+    rank0 = Rank(0, run_dir, cache, port)
+    rank0.wait_for("warm start: 64 demonstrations")  # it holds the lock and trains
+    rank1 = Rank(1, run_dir, cache, port)
+    rank1.wait_for("warm start: waiting for")
+    os.kill((rank0, rank1)[signalled].proc.pid, signal.SIGTERM)
+    (rc0, out0, left0), (rc1, out1, left1) = rank0.finish(), rank1.finish()
+    assert (rc0, rc1) == (143, 143), out0[-3000:] + out1[-3000:]
+    assert not left0 and not left1, f"processes left behind: {left0 + left1}"
+    (line,) = stop_lines(out0)
+    assert stop_lines(out1) == []
+    assert stop_lines((run_dir / "launch.log").read_text()) == [line]
+    assert line.startswith("stopped by SIGTERM in the warm start at its step "), line
+    step = int(line.split("at its step ")[1].split(";")[0])
+    path = Path(line.split(f"checkpoint of warm-start step {step}: ")[1].split(";")[0])
+    assert path.parent == cache / "warmstart" and path.name.endswith(".partial.ckpt")
+    assert 0 < step < 40 and torch.load(path, weights_only=True)["step"] == step
+    # the rank that was not signalled trained nothing more: one save, at that step
+    assert "warm start: resuming" not in out0 + out1
+    results = run_ranks(run_dir, cache)
+    for rc, out, left in results:
+        assert rc == 0 and not left, out[-3000:]
+    assert f"warm start: resuming at step {step} of 40" in results[0][1] + results[1][1]
+    # the warm start continued where it stopped: the uninterrupted one's weights
+    (got,) = cache.glob("warmstart/*/model.pt")
+    want = torch.load(shared_cache / "warmstart" / got.parent.name / "model.pt", weights_only=True)
+    got = torch.load(got, weights_only=True)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    rows = metrics_rows(run_dir)
+    assert_same_steps_and_values(rows, uninterrupted_ddp)
+    assert [r.get("step") for r in rows] == [r.get("step") for r in uninterrupted_ddp]
