@@ -136,12 +136,12 @@ def test_lora_run_keeps_base_frozen(make_cfg, monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_same_seed_same_metrics_and_resume_reproduces(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("AGENTRL_EXTRA_TARGETS", "tests.")
-    # a 300-step warm start (cached, shared by the three runs) so rewards and losses are not zero
+    # the default warm start, so rewards and losses are not zero: built once a session in the
+    # shared cache, loaded by these runs and test_default_recipe_learns_on_a_short_budget
     common = [
         "data.tasks_per_step=4",
         "data.num_val_tasks=32",
         "data.val_batch_size=32",
-        "warmstart.steps=300",
         "data.steps=4",
         "trainer.val_check_interval=2",
         "callbacks.export=null",
