@@ -1,5 +1,6 @@
-"""Shared fixtures: the real config, composed with Hydra's compose API and shrunk for tests;
-and the one way a test skips for something the machine lacks (``require_or_skip``)."""
+"""Shared fixtures: the real config, composed with Hydra's compose API and shrunk for tests; the
+session's cache and reference run, built once and shared by the tests that only use them; and the
+one way a test skips for something the machine lacks (``require_or_skip``)."""
 
 from __future__ import annotations
 
@@ -70,11 +71,77 @@ def compose_config(overrides: list[str], run_dir: Path, cache_dir: Path):
     return cfg
 
 
-@pytest.fixture
-def make_cfg(tmp_path):
-    """make_cfg(*overrides, run="run") -> a composed config writing under tmp_path."""
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """The session's cache, shared by its tests as a user's AGENTRL_CACHE is by their runs: warm
+    starts and reward models (each keyed by everything that shapes it, built by the first test
+    that needs it, loaded by the rest) and the converted SmolLM2. A test that asserts on what a
+    cache holds, on building an entry, or that fakes a stage keeps its own (``own_cache``)."""
+    return tmp_path_factory.mktemp("shared-cache")
 
-    def _make(*overrides: str, run: str = "run"):
-        return compose_config(list(overrides), tmp_path / run, tmp_path / "cache")
+
+@pytest.fixture
+def make_cfg(tmp_path, shared_cache):
+    """make_cfg(*overrides, run="run", own_cache=False) -> a composed config writing under
+    tmp_path, its cache the session's (``own_cache``: tmp_path / "cache", built afresh)."""
+
+    def _make(*overrides: str, run: str = "run", own_cache: bool = False):
+        cache = tmp_path / "cache" if own_cache else shared_cache
+        return compose_config(list(overrides), tmp_path / run, cache)
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def smollm2_models(shared_cache) -> Path:
+    """The session cache's models folder, the real SmolLM2 converted into it (once a session)."""
+    require_smollm2()
+    from agentrl.models.factory import SmolLM2GGUF
+
+    models = shared_cache / "models"
+    spec = SmolLM2GGUF(str(models))
+    if not spec.is_cached():
+        spec.load()
+    return models
+
+
+# a short run of the tiny model with a reward that differs within every group (LengthReward),
+# no warm start, a checkpoint at every RL step: what the resume tests (kill -9, SLURM requeue)
+# compare against
+RESUME_RUN = [
+    "warmstart.enabled=false",
+    "data.tasks_per_step=2",
+    "algorithm.group_size=4",
+    "data.steps=4",
+    "data.num_val_tasks=4",
+    "data.val_batch_size=4",
+    "trainer.val_check_interval=1",
+    "reward._target_=tests.test_distributed.LengthReward",
+    "~reward.success_weight",
+    "~reward.format_bonus",
+    "~reward.step_penalty",
+    "~reward.invalid_penalty",
+    "callbacks.export=null",
+    "callbacks.step_checkpoints=null",
+    "callbacks.rich_progress=null",
+    "trainer.enable_progress_bar=false",
+    "num_threads=1",
+]
+
+
+@pytest.fixture(scope="session")
+def resume_reference(tmp_path_factory) -> Path:
+    """The run directory of RESUME_RUN, uninterrupted, in this process (once a session)."""
+    import torch
+
+    from agentrl.train import run
+
+    root = tmp_path_factory.mktemp("resume-reference")
+    threads = torch.get_num_threads()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("AGENTRL_EXTRA_TARGETS", "tests.")
+            run(compose_config(RESUME_RUN, root / "run", root / "cache"))
+    finally:
+        torch.set_num_threads(threads)
+    return root / "run"

@@ -23,6 +23,7 @@ from agentrl.algorithms.grpo import GRPO
 from agentrl.callbacks import commit_checkpoint
 from agentrl.rewards.base import RewardOutput
 from agentrl.train import checkpoint_rl_step, resolve_checkpoint, run
+from tests.conftest import RESUME_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,40 +107,13 @@ class SlowSteps(L.Callback):
         time.sleep(self.seconds)
 
 
-RESUME_RUN = [
-    "warmstart.enabled=false",
-    "data.tasks_per_step=2",
-    "algorithm.group_size=4",
-    "data.steps=4",
-    "data.num_val_tasks=4",
-    "data.val_batch_size=4",
-    "trainer.val_check_interval=1",
-    "reward._target_=tests.test_distributed.LengthReward",
-    "~reward.success_weight",
-    "~reward.format_bonus",
-    "~reward.step_penalty",
-    "~reward.invalid_penalty",
-    "callbacks.export=null",
-    "callbacks.step_checkpoints=null",
-    "callbacks.rich_progress=null",
-    "trainer.enable_progress_bar=false",
-    "num_threads=1",
-]
-
-
 def metrics_series(run_dir, key):
     with open(run_dir / "metrics.csv") as f:
         return [(float(r["train/rl_step"]), float(r[key])) for r in csv.DictReader(f) if r.get(key)]
 
 
 @pytest.mark.slow
-def test_kill_9_at_a_random_point_then_restart_matches_uninterrupted(make_cfg, tmp_path):
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AGENTRL_EXTRA_TARGETS", "tests.")
-        run(make_cfg(*RESUME_RUN, run="ref"))
-    torch.set_num_threads(threads)
-
+def test_kill_9_at_a_random_point_then_restart_matches_uninterrupted(resume_reference, tmp_path):
     run_dir = tmp_path / "killed"
     env = {
         **os.environ,
@@ -175,7 +149,7 @@ def test_kill_9_at_a_random_point_then_restart_matches_uninterrupted(make_cfg, t
     assert done.returncode == 0, f"{replay}\n{done.stderr[-4000:]}"
     assert "resuming from" in (run_dir / "launch.log").read_text()
     for key in ("rollout/reward_mean", "loss/policy", "val/success_rate"):
-        want = metrics_series(tmp_path / "ref", key)
+        want = metrics_series(resume_reference, key)
         got = metrics_series(run_dir, key)
         assert [s for s, _ in got] == [s for s, _ in want], (key, replay)
         assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-6), (key, replay)

@@ -372,13 +372,17 @@ def test_overlap_same_seed_same_metrics_and_resume_reproduces(make_cfg, tmp_path
 
 
 @pytest.mark.slow
-def test_overlap_sigterm_during_an_update_saves_and_the_rerun_matches(tmp_path, monkeypatch):
+def test_overlap_sigterm_during_an_update_saves_and_the_rerun_matches(
+    tmp_path, shared_cache, monkeypatch
+):
     from agentrl.train import checkpoint_rl_step
     from tests.test_train import metrics_rows
 
     # tests/test_stopping.py's runs (launch.py in its own session), in overlap mode
     monkeypatch.setattr(ts, "COMMON", ["rollout.pipeline=overlap", *ts.COMMON])
-    cache = tmp_path / "cache"
+    # the session's cache: the warm start is tests/test_stopping.py's (rollout.pipeline is no
+    # part of its key), trained once
+    cache = shared_cache
     rc, err, _ = ts.launch(tmp_path / "want", cache)
     assert rc == 0, err[-3000:]
     # SIGTERM as the update of RL step 3 starts: the rollout of step 4 is in flight

@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from agentrl.sweep import main as sweep_main
-from agentrl.train import ConfigError, checkpoint_rl_step, run
+from agentrl.train import ConfigError, checkpoint_rl_step
 
 ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
@@ -155,25 +154,12 @@ def test_ddp_job_with_two_tasks_through_sbatch(tmp_path):
     assert series(metrics_rows(run_dir), "val/success_rate")
 
 
-def test_requeued_job_resumes_and_matches_uninterrupted(tmp_path):
-    from tests.conftest import compose_config
+def test_requeued_job_resumes_and_matches_uninterrupted(resume_reference, tmp_path):
+    from tests.conftest import RESUME_RUN
 
-    overrides = [
-        "trainer=default",
-        "warmstart.enabled=false",
-        "data.tasks_per_step=2",
-        "algorithm.group_size=4",
-        "data.steps=4",
-        "data.num_val_tasks=4",
-        "data.val_batch_size=4",
-        "trainer.val_check_interval=1",
-        "reward._target_=tests.test_distributed.LengthReward",
-        "~reward.success_weight",
-        "~reward.format_bonus",
-        "~reward.step_penalty",
-        "~reward.invalid_penalty",
-        *QUIET,
-    ]
+    # the kill -9 test's run (tests/test_faults.py): one uninterrupted reference for both
+    overrides = ["trainer=default", *RESUME_RUN]
+    assert set(QUIET) <= set(overrides)
     run_dir = tmp_path / "run"
     env = {**job_env(tmp_path), "RUN_DIR": str(run_dir)}
     slow = ["+callbacks.slow._target_=tests.test_faults.SlowSteps", "+callbacks.slow.seconds=2"]
@@ -204,15 +190,8 @@ def test_requeued_job_resumes_and_matches_uninterrupted(tmp_path):
     assert job_state(job_id) == "COMPLETED", log[-5000:]
     assert "(restart 1)" in log and "resuming from" in log, log[-5000:]
 
-    # the same run, uninterrupted, in this process
-    threads = torch.get_num_threads()
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("AGENTRL_EXTRA_TARGETS", "tests.")
-            run(compose_config(overrides, tmp_path / "ref", tmp_path / "cache"))
-    finally:
-        torch.set_num_threads(threads)
-    got, want = metrics_rows(run_dir), metrics_rows(tmp_path / "ref")
+    # the same run, uninterrupted, in this process (once a session: conftest.resume_reference)
+    got, want = metrics_rows(run_dir), metrics_rows(resume_reference)
     for key in ("rollout/reward_mean", "loss/policy", "val/success_rate", "val/reward_mean"):
         assert [s for s, _ in series(got, key)] == [s for s, _ in series(want, key)], key
         values = [v for _, v in series(want, key)]

@@ -269,14 +269,15 @@ def leftovers(session: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The metrics of the run uninterrupted, and its cache (its warm start, reused)."""
+def uninterrupted(tmp_path_factory, shared_cache):
+    """The metrics of the run uninterrupted, and its cache: the session's (its warm start is the
+    one tests/test_pipeline.py's overlap runs use too, trained once)."""
     base = tmp_path_factory.mktemp("uninterrupted")
-    rc, err, _ = launch(base / "run", base / "cache")
+    rc, err, _ = launch(base / "run", shared_cache)
     assert rc == 0, err[-3000:]
     rows = metrics_rows(base / "run")
     assert any(r["rollout/reward_mean"] != 0 for r in rows_with(rows, "rollout/reward_mean"))
-    return rows, base / "cache"
+    return rows, shared_cache
 
 
 # (AGENTRL_SIGNAL_AT, where the line says it stopped, what it names as saved)

