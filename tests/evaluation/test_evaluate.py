@@ -168,7 +168,7 @@ def test_baseline_finds_the_warm_start_training_cached(make_cfg, monkeypatch, en
         "debug=smoke", f"env={env}", "warmstart.steps=1", "warmstart.num_demos=2", own_cache=True
     )
 
-    def fake_training(self, policy, tokenizer, runner, suite, folder, identity, kwargs):
+    def fake_training(self, policy, tokenizer, runner, suite, folder, identity, kwargs, stop):
         folder.mkdir(parents=True)
         torch.save({}, folder / "model.pt")
         return folder
