@@ -243,7 +243,14 @@ def launch(run_dir: Path, cache: Path, signal_at: str | None = None):
     if signal_at:
         env[stopping.TEST_HOOK] = signal_at
     args = [*COMMON, f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"]
-    proc = subprocess.Popen(
+    proc = spawn(args, env)
+    err, _ = proc.communicate(timeout=TIMEOUT_S)  # stderr is in stdout
+    return proc.returncode, err, leftovers(proc.pid)
+
+
+def spawn(args: list[str], env: dict) -> subprocess.Popen:
+    """``python launch.py *args`` in a session of its own, stderr merged into its stdout."""
+    return subprocess.Popen(
         [sys.executable, "launch.py", *args],
         cwd=ROOT,
         env=env,
@@ -252,8 +259,6 @@ def launch(run_dir: Path, cache: Path, signal_at: str | None = None):
         text=True,
         start_new_session=True,
     )
-    err, _ = proc.communicate(timeout=TIMEOUT_S)  # stderr is in stdout
-    return proc.returncode, err, leftovers(proc.pid)
 
 
 def leftovers(session: int) -> list[int]:
@@ -348,15 +353,7 @@ class Rank:
         args = [*COMMON, "trainer=ddp", f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"]
         if rank:  # the job name and config files of a rank Lightning's launcher starts
             args += [f"hydra.job.name=train_ddp_process_{rank}", "hydra.output_subdir=null"]
-        self.proc = subprocess.Popen(
-            [sys.executable, "launch.py", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        self.proc = spawn(args, env)
         self.lines: list[str] = []
         self.changed = threading.Condition()
         self.reader = threading.Thread(target=self._read, daemon=True)
