@@ -165,7 +165,7 @@ class WarmStart:
         enabled: bool = True,
         steps: int = 800,
         batch_size: int = 32,
-        lr: float = 3e-3,
+        lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 30,
         min_lr_ratio: float = 0.1,
