@@ -36,6 +36,7 @@ SMALL = (
     "reward.format_bonus=0.1",
     # a short warm start: the policy writes some valid actions, so rewards differ in a group
     "warmstart.steps=60",
+    "warmstart.lr=3e-3",
     "warmstart.num_demos=256",
     "warmstart.batch_size=32",
 )

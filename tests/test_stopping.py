@@ -215,6 +215,8 @@ SMALL_RUN = [
     "data.num_val_tasks=16",
     "data.val_batch_size=8",
     "warmstart.steps=40",
+    # a short warm start at the former default rate, so RL rewards are not all zero
+    "warmstart.lr=3e-3",
     "warmstart.num_demos=64",
     "data.steps=4",
     "trainer.val_check_interval=2",

@@ -122,6 +122,8 @@ def test_online_dpo_two_steps_through_launch(make_cfg, tmp_path):
         "debug=smoke",
         "algorithm.group_size=4",
         "warmstart.steps=30",
+        # a short warm start at the former default rate, so rewards differ in a group
+        "warmstart.lr=3e-3",
         "warmstart.num_demos=32",
         "warmstart.batch_size=8",
         "reward.step_penalty=0.05",
