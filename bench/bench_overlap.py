@@ -1,25 +1,36 @@
-"""``rollout.pipeline=sync`` vs ``overlap``, side by side in one process, on the default toolcalc
-recipe and on ``env=external`` (``experiment=openai_agent``: an agent program per rollout
-against the gateway).
+"""``rollout.pipeline=sync`` vs ``overlap``: the time each needs to reach the same validation
+success, side by side in one process, per env and seed.
 
-    python bench/bench_overlap.py [--steps 6] [--tasks 4] [--warmstart-steps 200] [--seed 0]
-        [--envs toolcalc,external]
+    python bench/bench_overlap.py [--envs toolcalc,external,webnav_browser] [--seeds 0,1,2]
+        [--steps 30] [--val-every 5] [--val-tasks 100] [--out bench/results/overlap] [--cache DIR]
 
-For each env the two runs share every setting but ``rollout.pipeline`` (and the cached warm
-start, trained by the first). The time compared is the RL loop's: the sum over steps of the
-step's phase timers (``perf/<phase>_s``: rollout, which in overlap is the wait for the batch made
-in the background, score, advantages, update, sync, log), without validation, warm start and
-start-up. Also printed: the final validation success and the mean training reward, so that a
-faster run that learns less shows. One seed, short runs: a smoke measurement, not the issue's
-"wall-clock to the same validation success over 3 seeds". Prints a Markdown table.
+For each env and seed the two runs share every setting but ``rollout.pipeline`` and one cached
+warm start (trained by the sync run, at the env's own recipe settings). The clock is the RL
+loop's: the sum over steps of the step's phase timers (``perf/<phase>_s``: rollout, which in
+overlap is the wait for the batch made in the background, score, advantages, update, sync, log),
+without validation (which overlaps nothing and costs both modes the same), warm start and
+start-up. Validation runs every ``--val-every`` steps (and before RL).
+
+The target of a seed is the highest validation success both modes reach: ``min(best sync, best
+overlap)``. Each mode's time to it is its loop time at the first validation at or above it; the
+speed-up is sync's time over overlap's. Also printed: each mode's validation curve, so a faster
+run that learns less shows. Writes ``<out>/<env>.json`` (every run's curve and times) and prints a
+Markdown table.
+
+envs: ``toolcalc`` (the default recipe), ``external`` (``experiment=openai_agent``: an agent
+program per rollout against the gateway), ``webnav_browser`` (``env=webnav
+env.backend=browser``: each episode in headless Chromium; needs Debian's chromium).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -28,10 +39,14 @@ from omegaconf import open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("rollout", "score", "advantages", "update", "sync", "log")
-ENVS = {"toolcalc": [], "external": ["experiment=openai_agent", "env.timeout_s=300"]}
+ENVS = {
+    "toolcalc": [],
+    "external": ["experiment=openai_agent", "env.timeout_s=300"],
+    "webnav_browser": ["env=webnav", "env.backend=browser"],
+}
 
 
-def config(args, env: str, pipeline: str, out: Path, cache: Path):
+def config(args, env: str, seed: int, pipeline: str, out: Path, cache: Path):
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(
@@ -39,14 +54,12 @@ def config(args, env: str, pipeline: str, out: Path, cache: Path):
             overrides=[
                 *ENVS[env],
                 f"rollout.pipeline={pipeline}",
-                f"seed={args.seed}",
+                f"seed={seed}",
                 f"data.steps={args.steps}",
-                f"data.tasks_per_step={args.tasks}",
                 f"data.num_val_tasks={args.val_tasks}",
                 f"data.val_batch_size={args.val_tasks}",
-                f"trainer.val_check_interval={args.steps}",
-                f"warmstart.steps={args.warmstart_steps}",
-                "validate_before_training=false",
+                f"trainer.val_check_interval={args.val_every}",
+                "validate_before_training=true",
                 "callbacks.export=null",
             ],
         )
@@ -60,56 +73,96 @@ def config(args, env: str, pipeline: str, out: Path, cache: Path):
     return cfg
 
 
-def measure(args, env: str, pipeline: str, tmp: Path, cache: Path) -> dict:
-    from agentrl.train import run
-
-    out = tmp / f"{env}-{pipeline}"
-    run(config(args, env, pipeline, out, cache))
-    with open(out / "metrics.csv") as f:
+def curve(run_dir: Path) -> dict:
+    """Loop time (s) at each validation, and the validation success there."""
+    with open(run_dir / "metrics.csv") as f:
         rows = [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f)]
-    steps = [r for r in rows if "perf/rollout_s" in r]
-    loop = sum(r.get(f"perf/{p}_s", 0.0) for r in steps for p in PHASES)
-    val = [r["val/success_rate"] for r in rows if "val/success_rate" in r]
-    rewards = [r["rollout/reward_mean"] for r in steps if "rollout/reward_mean" in r]
-    return {
-        "loop_s": loop,
-        "steps": len(steps),
-        "wait_s": sum(r["perf/rollout_s"] for r in steps),
-        # the time rollouts took to make (overlap: in the thread, mostly during updates)
-        "make_s": sum(r.get("pipeline/generate_s", r["perf/rollout_s"]) for r in steps),
-        "update_s": sum(r.get("perf/update_s", 0.0) for r in steps),
-        "val": val[-1] if val else float("nan"),
-        "reward": sum(rewards) / max(len(rewards), 1),
-    }
+    steps = {}
+    for r in rows:
+        if "perf/rollout_s" in r:
+            steps[int(r["train/rl_step"])] = sum(r.get(f"perf/{p}_s", 0.0) for p in PHASES)
+    vals = [
+        (int(r["train/rl_step"]), r["val/success_rate"]) for r in rows if "val/success_rate" in r
+    ]
+    points = []
+    for step, success in vals:
+        loop = sum(t for s, t in steps.items() if s <= step)
+        points.append({"rl_step": step, "loop_s": loop, "val_success": success})
+    return {"points": points, "loop_s": sum(steps.values()), "steps": len(steps)}
+
+
+def time_to(points: list[dict], target: float) -> float | None:
+    for p in points:
+        if p["val_success"] >= target - 1e-9:
+            return p["loop_s"]
+    return None
+
+
+def compare(runs: dict) -> dict:
+    """The highest validation success both modes reach, each mode's loop time to it, and the
+    speed-up (sync's time over overlap's; nan when overlap is there before any RL step)."""
+    target = min(max(q["val_success"] for q in r["points"]) for r in runs.values())
+    t = {k: time_to(r["points"], target) for k, r in runs.items()}
+    speedup = t["sync"] / t["overlap"] if t["overlap"] else float("nan")
+    return {"target": target, "time_to_target": t, "speedup": speedup}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--tasks", type=int, default=4)
-    p.add_argument("--val-tasks", type=int, default=16)
-    p.add_argument("--warmstart-steps", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--envs", default="toolcalc,external")
+    p.add_argument("--envs", default="toolcalc,external,webnav_browser")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--val-every", type=int, default=5)
+    p.add_argument("--val-tasks", type=int, default=100)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "overlap"))
+    # warm starts are cached here by their settings (default: a fresh temporary folder, so the
+    # first run of each env and seed trains one)
+    p.add_argument("--cache", default=None)
     args = p.parse_args()
+    from agentrl.train import run
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     print(
-        "| env | pipeline | RL loop s (steps) | rollouts made s | waited for s | update s "
-        "| loop speed-up | final val success | mean train reward |"
+        "| env | seed | target val success | sync s to it | overlap s to it | speed-up "
+        "| sync curve | overlap curve |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench-overlap-") as tmp:
         for env in args.envs.split(","):
-            cache = Path(tmp) / f"cache-{env}"
-            base = None
-            for pipeline in ("sync", "overlap"):
-                r = measure(args, env, pipeline, Path(tmp), cache)
-                base = base or r["loop_s"]
+            results = []
+            for seed in (int(s) for s in args.seeds.split(",")):
+                cache = Path(args.cache) if args.cache else Path(tmp) / f"cache-{env}-{seed}"
+                runs = {}
+                for pipeline in ("sync", "overlap"):
+                    run_dir = Path(tmp) / f"{env}-{seed}-{pipeline}"
+                    start = time.monotonic()
+                    run(config(args, env, seed, pipeline, run_dir, cache))
+                    runs[pipeline] = {**curve(run_dir), "wall_s": time.monotonic() - start}
+                cmp = compare(runs)
+                target, t, speedup = cmp["target"], cmp["time_to_target"], cmp["speedup"]
+                results.append({"seed": seed, **cmp, "runs": runs})
+                shown = {
+                    k: " ".join(f"{q['val_success']:.2f}" for q in r["points"])
+                    for k, r in runs.items()
+                }
                 print(
-                    f"| {env} | {pipeline} | {r['loop_s']:.1f} ({r['steps']}) | "
-                    f"{r['make_s']:.1f} | {r['wait_s']:.1f} | {r['update_s']:.1f} | {base / r['loop_s']:.2f}x | "
-                    f"{r['val']:.2f} | {r['reward']:.3f} |",
+                    f"| {env} | {seed} | {target:.2f} | {t['sync']:.1f} | {t['overlap']:.1f} | "
+                    f"{speedup:.2f}x | {shown['sync']} | {shown['overlap']} |",
                     flush=True,
                 )
+            speedups = [r["speedup"] for r in results]
+            summary = {
+                "env": env,
+                "args": vars(args),
+                "speedup_mean": statistics.fmean(speedups),
+                "speedup_min": min(speedups),
+                "seeds": results,
+            }
+            (out / f"{env}.json").write_text(json.dumps(summary, indent=1))
+            print(
+                f"| {env} | mean | | | | {summary['speedup_mean']:.2f}x (min {min(speedups):.2f}x) | | |"
+            )
     return 0
 
 

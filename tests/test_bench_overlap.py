@@ -1,0 +1,71 @@
+"""bench/bench_overlap.py's arithmetic: loop time at each validation from a run's metrics.csv, and
+the time each mode needs to reach the highest validation success both reach."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_overlap", ROOT / "bench" / "bench_overlap.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(path, step_s: dict[int, dict], val: dict[int, float]) -> None:
+    """A metrics.csv as a run logs it: one row per RL step with its phase timers, one per
+    validation (RL step 0 is before RL)."""
+    keys = ["train/rl_step", "perf/rollout_s", "perf/score_s", "perf/update_s", "val/success_rate"]
+    path.mkdir()
+    with open(path / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, keys)
+        w.writeheader()
+        for step in sorted(set(step_s) | set(val)):
+            if step in val:
+                w.writerow({"train/rl_step": step, "val/success_rate": val[step]})
+            if step in step_s:
+                w.writerow({"train/rl_step": step, **step_s[step]})
+
+
+def test_loop_time_at_each_validation_sums_the_phases_of_the_steps_before_it(tmp_path):
+    bench = _bench()
+    step = {"perf/rollout_s": 2.0, "perf/score_s": 0.5, "perf/update_s": 1.5}
+    write_run(tmp_path / "r", {s: step for s in range(1, 5)}, {0: 0.5, 2: 0.7, 4: 0.9})
+    c = bench.curve(tmp_path / "r")
+    assert [(p["rl_step"], p["loop_s"], p["val_success"]) for p in c["points"]] == [
+        (0, 0.0, 0.5),
+        (2, 8.0, 0.7),
+        (4, 16.0, 0.9),
+    ]
+    assert c["steps"] == 4 and c["loop_s"] == 16.0
+
+
+def test_the_target_is_the_best_both_reach_and_the_speedup_is_sync_over_overlap():
+    bench = _bench()
+
+    def points(*pairs):
+        return {
+            "points": [
+                {"rl_step": i, "loop_s": t, "val_success": v} for i, (t, v) in enumerate(pairs)
+            ]
+        }
+
+    sync = points((0.0, 0.5), (10.0, 0.8), (20.0, 0.95))
+    overlap = points((0.0, 0.5), (6.0, 0.9), (12.0, 0.92))
+    cmp = bench.compare({"sync": sync, "overlap": overlap})
+    # overlap's best (0.92) is the highest both reach; sync gets there at 20 s, overlap at 12 s
+    assert cmp["target"] == pytest.approx(0.92)
+    assert cmp["time_to_target"] == {"sync": 20.0, "overlap": 12.0}
+    assert cmp["speedup"] == pytest.approx(20.0 / 12.0)
+    # neither learns: both are "there" before RL, no speed-up to speak of
+    flat = points((0.0, 0.5), (10.0, 0.4))
+    assert math.isnan(bench.compare({"sync": flat, "overlap": flat})["speedup"])
