@@ -1,5 +1,5 @@
 """bench/bench_overlap.py's arithmetic: loop time at each validation from a run's metrics.csv, and
-the time each mode needs to reach the highest validation success both reach."""
+the time each mode needs to reach 90% of the rise to the highest validation success both reach."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from agentrl import updater as U
 from agentrl.batching import TokenBatch
 from agentrl.step_data import ScoredBatch
 from agentrl.train import run
+from tests.conftest import SHORT_WARMSTART_LR
 
 
 def rows(run_dir) -> list[dict[str, float]]:
@@ -36,7 +37,7 @@ SMALL = (
     "reward.format_bonus=0.1",
     # a short warm start: the policy writes some valid actions, so rewards differ in a group
     "warmstart.steps=60",
-    "warmstart.lr=3e-3",
+    SHORT_WARMSTART_LR,
     "warmstart.num_demos=256",
     "warmstart.batch_size=32",
 )

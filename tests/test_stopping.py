@@ -20,6 +20,7 @@ from agentrl import stopping, warmstart_stop
 from agentrl.train import checkpoint_rl_step
 from agentrl.warmstart import _check, _stop_with_the_computing_rank
 from agentrl.warmstart_stop import StopFiles
+from tests.conftest import SHORT_WARMSTART_LR
 from tests.test_console import log_messages
 from tests.test_train import assert_same_steps_and_values, metrics_rows, rows_with
 
@@ -215,8 +216,7 @@ SMALL_RUN = [
     "data.num_val_tasks=16",
     "data.val_batch_size=8",
     "warmstart.steps=40",
-    # a short warm start at the former default rate, so RL rewards are not all zero
-    "warmstart.lr=3e-3",
+    SHORT_WARMSTART_LR,
     "warmstart.num_demos=64",
     "data.steps=4",
     "trainer.val_check_interval=2",

@@ -16,6 +16,7 @@ from agentrl.preference import _sample, collect_pairs
 from agentrl.rollout.chat import ChatFormat
 from agentrl.rollout.runner import EpisodeRunner
 from agentrl.train import main, run
+from tests.conftest import SHORT_WARMSTART_LR
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +123,7 @@ def test_online_dpo_two_steps_through_launch(make_cfg, tmp_path):
         "debug=smoke",
         "algorithm.group_size=4",
         "warmstart.steps=30",
-        # a short warm start at the former default rate, so rewards differ in a group
-        "warmstart.lr=3e-3",
+        SHORT_WARMSTART_LR,
         "warmstart.num_demos=32",
         "warmstart.batch_size=8",
         "reward.step_penalty=0.05",

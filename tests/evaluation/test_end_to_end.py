@@ -13,6 +13,7 @@ from agentrl.evaluation import main
 from agentrl.evaluation.policies import RunPolicy, load_hf
 from agentrl.evaluation.sources import load_run_config
 from agentrl.train import run
+from tests.conftest import SHORT_WARMSTART_LR
 
 # a checkpoint at every validation, named by RL step: what evaluate.py needs along a run
 EVERY_VALIDATION = {
@@ -30,8 +31,7 @@ RUN = [
     "data.tasks_per_step=2",
     "algorithm.group_size=2",
     "warmstart.steps=20",
-    # a short warm start at the former default rate (the suite's numbers were set with it)
-    "warmstart.lr=3e-3",
+    SHORT_WARMSTART_LR,
     "warmstart.num_demos=32",
     "warmstart.batch_size=8",
 ]
