@@ -5,18 +5,22 @@ success, side by side in one process, per env and seed.
         [--steps 30] [--val-every 5] [--val-tasks 100] [--out bench/results/overlap] [--cache DIR]
 
 For each env and seed the two runs share every setting but ``rollout.pipeline`` and one cached
-warm start (trained by the sync run, at the env's own recipe settings). The clock is the RL
-loop's: the sum over steps of the step's phase timers (``perf/<phase>_s``: rollout, which in
-overlap is the wait for the batch made in the background, score, advantages, update, sync, log),
-without validation (which overlaps nothing and costs both modes the same), warm start and
-start-up. Validation runs every ``--val-every`` steps (and before RL).
+warm start (trained by the sync run, at the env's own recipe settings). Validation runs before
+RL and every ``--val-every`` steps.
+
+Two clocks. The RL loop's: the sum over steps of the step's phase timers (``perf/<phase>_s``:
+rollout, which in overlap is the wait for the batch made in the background, score, advantages,
+update, sync, log), without validation, warm start and start-up. It flatters overlap: before a
+validation overlap waits for the rollout in flight, and that wait is timed as validation. The
+whole run's wall time (``wall_s``: the same start-up and validations in both modes) counts
+everything.
 
 The target of a seed is 90% of the way (``--fraction``) from the success before RL to the highest
 validation success both modes reach, ``min(best sync, best overlap)``. Each mode's time to it is
 its loop time at the first validation at or above it; the speed-up is sync's time over
-overlap's. Also: the whole loop's speed-up (the same number of steps). Also printed: each mode's validation curve, so a faster
-run that learns less shows. Writes ``<out>/<env>.json`` (every run's curve and times) and prints a
-Markdown table.
+overlap's. Also printed: the whole loop's speed-up (the same number of steps) and each mode's
+validation curve, so a faster run that learns less shows. Writes ``<out>/<env>.json`` (every
+run's curve and times) and prints a Markdown table.
 
 envs: ``toolcalc`` (the default recipe), ``external`` (``experiment=openai_agent``: an agent
 program per rollout against the gateway), ``webnav_browser`` (``env=webnav
