@@ -6,6 +6,8 @@ STAMP := $(VENV)/.agentrl-installed
 TORCH ?= torch==2.13.0
 ARGS ?=
 PYTEST_ARGS ?=
+# the suite runs on pytest-xdist workers, one per core (`auto`; 0: in this process, one at a time)
+TEST_WORKERS ?= auto
 
 .PHONY: setup constraints train test test-fast lint format bench clean setup-vllm test-vllm bench-vllm
 
@@ -34,10 +36,10 @@ train: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -4,6 +4,7 @@ one way a test skips for something the machine lacks (``require_or_skip``)."""
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import os
 import shutil
@@ -82,7 +83,13 @@ def shared_cache(tmp_path_factory) -> Path:
     """The session's cache, shared by its tests as a user's AGENTRL_CACHE is by their runs: warm
     starts and reward models (each keyed by everything that shapes it, built by the first test
     that needs it, loaded by the rest) and the converted SmolLM2. A test that asserts on what a
-    cache holds, on building an entry, or that fakes a stage keeps its own (``own_cache``)."""
+    cache holds, on building an entry, or that fakes a stage keeps its own (``own_cache``). Under
+    pytest-xdist the workers share one (the base temp's parent is theirs in common): a warm start's
+    cache entry is locked while it is built, the SmolLM2 conversion by ``smollm2_models``."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        cache = tmp_path_factory.getbasetemp().parent / "shared-cache"
+        cache.mkdir(exist_ok=True)
+        return cache
     return tmp_path_factory.mktemp("shared-cache")
 
 
@@ -105,9 +112,13 @@ def smollm2_models(shared_cache) -> Path:
     from agentrl.models.factory import SmolLM2GGUF
 
     models = shared_cache / "models"
-    spec = SmolLM2GGUF(str(models))
-    if not spec.is_cached():
-        spec.load()
+    models.mkdir(parents=True, exist_ok=True)
+    # one conversion while another xdist worker waits for it
+    with open(models / "smollm2.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        spec = SmolLM2GGUF(str(models))
+        if not spec.is_cached():
+            spec.load()
     return models
 
 
@@ -151,3 +162,52 @@ def resume_reference(tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return root / "run"
+
+
+# ---------------------------------------------------------------------------------------------
+# parallel runs (`make test` runs the suite on pytest-xdist workers, one per core)
+
+# the longest tests (60-340 s each on the 2-core CI machine), longest first: started first, so the
+# run does not end on one of them while the other worker sits idle. A name that no longer exists
+# only loses its place in the queue
+LONGEST_FIRST = (
+    "tests/test_train.py::test_same_seed_same_metrics_and_resume_reproduces",
+    "tests/gateway/test_external_workers.py::test_worker_mode_trains_like_subprocess_mode",
+    "tests/gateway/test_agent_frameworks.py::test_a_framework_agent_trains_through_the_gateway",
+    "tests/test_pipeline.py::test_ddp_overlap_stopped_and_resumed",
+    "tests/test_distributed.py::test_fsdp_two_processes_sharded_checkpoint_resume_matches_one",
+    "tests/test_distributed.py::test_ddp_sigterm_to_one_rank_stops_both_at_one_point",
+    "tests/test_stopping.py::test_ddp_sigterm_in_the_warm_start_stops_both_ranks",
+    "tests/test_train.py::test_default_recipe_learns_on_a_short_budget",
+)
+
+
+def pytest_configure(config):
+    """An xdist worker's share of the cores: torch's threads in this process and in the processes
+    its tests start (OMP_NUM_THREADS), unless the caller set them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist (``--dist loadgroup``): the tests of the real SmolLM2 run on one worker, one at
+    a time (each holds several GB: two at once could exhaust a 24 GB machine), as do the SLURM
+    tests (one small cluster). The longest tests go first, then the other slow ones."""
+    for item in items:
+        if "smollm2" in item.nodeid or "smollm2_models" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("smollm2"))
+        elif item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+    def rank(item) -> tuple[int, int]:
+        for i, prefix in enumerate(LONGEST_FIRST):
+            if item.nodeid.startswith(prefix):
+                return (0, i)
+        return (1, 0) if item.get_closest_marker("slow") else (2, 0)
+
+    items.sort(key=rank)
