@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 
 import lightning as L
 import torch
@@ -246,10 +247,13 @@ class AgentRLModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val = []
         self._val_reward_failures = 0
+        self._val_start = time.perf_counter()
+        self._val_wait_s = 0.0
         if self.pipeline is not None:
             # the rollout in flight first (it may share the env's workers or the engine), then
             # the engine gets the newest weights (a push for vllm; the hf engine has them)
             self.pipeline.settle()
+            self._val_wait_s = time.perf_counter() - self._val_start
             self.engine.sync(self.policy)
         # FSDP: full parameters for the whole validation (ranks run different numbers of forwards)
         self._val_gathered.enter_context(D.gathered(self.policy))
@@ -288,6 +292,10 @@ class AgentRLModule(L.LightningModule):
         n = n.clamp(min=1)
         self.log("val/success_rate", wins / n, prog_bar=True, sync_dist=False, rank_zero_only=False)
         self.log("train/rl_step", float(self.rl_step))
+        # this rank's wall clock for the validation, and the part of it spent waiting for the
+        # overlap pipeline's rollout in flight (0 in sync mode): a step's perf/ timers leave both out
+        self.log("perf/val_s", time.perf_counter() - self._val_start, sync_dist=False)
+        self.log("perf/val_wait_s", self._val_wait_s, sync_dist=False)
         self.last_val_samples = trajs
 
     # ----------------------------------------------------------------- checkpoint

@@ -20,7 +20,8 @@ validation success both modes reach, ``min(best sync, best overlap)``. Each mode
 its loop time at the first validation at or above it; the speed-up is sync's time over
 overlap's. Also printed: the whole loop's speed-up (the same number of steps) and each mode's
 validation curve, so a faster run that learns less shows. Writes ``<out>/<env>.json`` (every
-run's curve and times) and prints a Markdown table.
+run's curve, times and mean phase times; the seeds of an earlier run that this one does not
+redo are kept) and prints a Markdown table.
 
 envs: ``toolcalc`` (the default recipe), ``external`` (``experiment=openai_agent``: an agent
 program per rollout against the gateway), ``webnav_browser`` (``env=webnav
@@ -82,10 +83,19 @@ def curve(run_dir: Path) -> dict:
     """Loop time (s) at each validation, and the validation success there."""
     with open(run_dir / "metrics.csv") as f:
         rows = [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f)]
-    steps = {}
+    steps, phases = {}, {}
     for r in rows:
         if "perf/rollout_s" in r:
             steps[int(r["train/rl_step"])] = sum(r.get(f"perf/{p}_s", 0.0) for p in PHASES)
+            for key in (*(f"perf/{p}_s" for p in PHASES), "pipeline/generate_s"):
+                if key in r:
+                    phases.setdefault(key, []).append(r[key])
+    # where the time goes: each phase's mean over the steps (in overlap, perf/rollout_s is the
+    # wait for the batch and pipeline/generate_s the rollout thread's time to make it), and each
+    # validation's wall clock (perf/val_wait_s: the part spent waiting for the rollout in flight)
+    for key in ("perf/val_s", "perf/val_wait_s"):
+        phases[key] = [r[key] for r in rows if key in r and "val/success_rate" in r]
+    means = {k: statistics.fmean(v) for k, v in phases.items() if v}
     vals = [
         (int(r["train/rl_step"]), r["val/success_rate"]) for r in rows if "val/success_rate" in r
     ]
@@ -93,7 +103,7 @@ def curve(run_dir: Path) -> dict:
     for step, success in vals:
         loop = sum(t for s, t in steps.items() if s <= step)
         points.append({"rl_step": step, "loop_s": loop, "val_success": success})
-    return {"points": points, "loop_s": sum(steps.values()), "steps": len(steps)}
+    return {"points": points, "loop_s": sum(steps.values()), "steps": len(steps), "mean_s": means}
 
 
 def time_to(points: list[dict], target: float) -> float | None:
@@ -119,6 +129,14 @@ def compare(runs: dict, fraction: float = 0.9) -> dict:
         else float("nan")
     )
     return {"target": target, "time_to_target": t, "speedup": speedup, "loop_speedup": loop}
+
+
+def merge(old: dict | None, results: list[dict]) -> list[dict]:
+    """The seeds of an earlier run of the same env (``old``, its json) that this run did not
+    redo, then this run's, by seed: seeds can be measured in separate invocations."""
+    done = {r["seed"] for r in results}
+    kept = [r for r in (old or {}).get("seeds", []) if r["seed"] not in done]
+    return sorted(kept + results, key=lambda r: r["seed"])
 
 
 def summarize(env: str, args: dict, results: list[dict]) -> dict:
@@ -180,8 +198,10 @@ def main() -> int:
                     f"| {shown['overlap']} |",
                     flush=True,
                 )
-            summary = summarize(env, vars(args), results)
-            (out / f"{env}.json").write_text(json.dumps(summary, indent=1))
+            path = out / f"{env}.json"
+            old = json.loads(path.read_text()) if path.is_file() else None
+            summary = summarize(env, vars(args), merge(old, results))
+            path.write_text(json.dumps(summary, indent=1))
             print(
                 f"| {env} | mean | | | | {summary['speedup_mean']:.2f}x (min "
                 f"{summary['speedup_min']:.2f}x) | ({summary['loop_speedup_mean']:.2f}x) | | |"

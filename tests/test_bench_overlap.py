@@ -25,13 +25,15 @@ def write_run(path, step_s: dict[int, dict], val: dict[int, float]) -> None:
     """A metrics.csv as a run logs it: one row per RL step with its phase timers, one per
     validation (RL step 0 is before RL)."""
     keys = ["train/rl_step", "perf/rollout_s", "perf/score_s", "perf/update_s", "val/success_rate"]
+    keys += ["pipeline/generate_s", "perf/val_s", "perf/val_wait_s"]
     path.mkdir()
     with open(path / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, keys)
         w.writeheader()
         for step in sorted(set(step_s) | set(val)):
             if step in val:
-                w.writerow({"train/rl_step": step, "val/success_rate": val[step]})
+                timed = {"perf/val_s": 3.0 + step, "perf/val_wait_s": 0.5 * step}
+                w.writerow({"train/rl_step": step, "val/success_rate": val[step], **timed})
             if step in step_s:
                 w.writerow({"train/rl_step": step, **step_s[step]})
 
@@ -47,6 +49,26 @@ def test_loop_time_at_each_validation_sums_the_phases_of_the_steps_before_it(tmp
         (4, 16.0, 0.9),
     ]
     assert c["steps"] == 4 and c["loop_s"] == 16.0
+    # each phase's mean over the steps, each validation's wall clock and its wait (0, 2, 4 above)
+    assert c["mean_s"] == {
+        "perf/rollout_s": 2.0,
+        "perf/score_s": 0.5,
+        "perf/update_s": 1.5,
+        "perf/val_s": 5.0,
+        "perf/val_wait_s": 1.0,
+    }
+    step = {**step, "pipeline/generate_s": 4.0}
+    write_run(tmp_path / "o", {s: step for s in range(1, 3)}, {0: 0.5, 2: 0.7})
+    assert bench.curve(tmp_path / "o")["mean_s"]["pipeline/generate_s"] == 4.0
+
+
+def test_seeds_measured_in_separate_runs_are_merged_by_seed():
+    bench = _bench()
+    old = {"seeds": [{"seed": 0, "speedup": 1.4}, {"seed": 1, "speedup": 1.1}]}
+    new = [{"seed": 2, "speedup": 1.2}, {"seed": 1, "speedup": 1.3}]
+    merged = bench.merge(old, new)
+    assert [(r["seed"], r["speedup"]) for r in merged] == [(0, 1.4), (1, 1.3), (2, 1.2)]
+    assert bench.merge(None, new) == sorted(new, key=lambda r: r["seed"])
 
 
 def test_the_target_is_most_of_the_rise_both_reach_and_the_speedup_is_sync_over_overlap():

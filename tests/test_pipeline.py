@@ -354,6 +354,10 @@ def test_overlap_same_seed_same_metrics_and_resume_reproduces(make_cfg, tmp_path
     assert staleness == [0.0, 1.0, 1.0, 1.0]
     assert any(r["rollout/reward_mean"] != 0 for r in rows_with(a, "rollout/reward_mean"))
     assert rows_with(a, "loss/policy"), "no update ran: the comparison would be trivial"
+    # a validation after RL steps first waits for the rollout in flight, and is timed with it
+    vals = rows_with(a, "perf/val_wait_s")
+    assert len(vals) == len(rows_with(a, "val/success_rate"))
+    assert all(0 <= r["perf/val_wait_s"] <= r["perf/val_s"] for r in vals)
     run(make_cfg(*COMMON, run="b"))
     same_rows(metrics_rows(tmp_path / "b"), a)
     # crashed before step 3 (checkpointed at the step-2 validation, with step 3's batch, made

@@ -65,6 +65,9 @@ def test_smoke_run_writes_everything(make_cfg, tmp_path):
     assert "observation" in sample["turns"][0]
     rows = metrics_rows(run_dir)
     assert rows_with(rows, "val/success_rate") and rows_with(rows, "perf/rollout_s")
+    # each validation's wall clock; no wait for a rollout in flight in the sync loop
+    for r in rows_with(rows, "val/success_rate"):
+        assert r["perf/val_s"] > 0 and r["perf/val_wait_s"] == 0.0
 
 
 class LengthReward:
