@@ -5,8 +5,8 @@ success, side by side in one process, per env and seed.
         [--steps 30] [--val-every 5] [--val-tasks 100] [--out bench/results/overlap] [--cache DIR]
 
 For each env and seed the two runs share every setting but ``rollout.pipeline`` and one cached
-warm start (trained by the sync run, at the env's own recipe settings). Validation runs before
-RL and every ``--val-every`` steps.
+warm start (the env's own recipe settings), trained before either run starts its clock.
+Validation runs before RL and every ``--val-every`` steps.
 
 Two clocks. The RL loop's: the sum over steps of the step's phase timers (``perf/<phase>_s``:
 rollout, which in overlap is the wait for the batch made in the background, score, advantages,
@@ -77,6 +77,24 @@ def config(args, env: str, seed: int, pipeline: str, out: Path, cache: Path):
         cfg.trainer.enable_progress_bar = False
         cfg.callbacks.rich_progress = None
     return cfg
+
+
+def warm(cfg) -> None:
+    """Train the run's warm start into the cache (or find it there) before either clock starts:
+    both modes then load the same one, and neither wall time counts its training."""
+    import lightning as L
+
+    from agentrl.envs.base import close_suite
+    from agentrl.train import build_components
+    from agentrl.warmstart import warm_start
+
+    L.seed_everything(cfg.seed, workers=True)
+    parts = build_components(cfg)
+    try:
+        policy, tokenizer = parts["model_spec"].load()
+        warm_start(cfg, parts, policy, tokenizer)
+    finally:
+        close_suite(parts["suite"])
 
 
 def curve(run_dir: Path) -> dict:
@@ -179,6 +197,7 @@ def main() -> int:
             for seed in (int(s) for s in args.seeds.split(",")):
                 cache = Path(args.cache) if args.cache else Path(tmp) / f"cache-{env}-{seed}"
                 runs = {}
+                warm(config(args, env, seed, "sync", Path(tmp) / f"{env}-{seed}-warm", cache))
                 for pipeline in ("sync", "overlap"):
                     run_dir = Path(tmp) / f"{env}-{seed}-{pipeline}"
                     start = time.monotonic()
