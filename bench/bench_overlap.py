@@ -8,20 +8,22 @@ For each env and seed the two runs share every setting but ``rollout.pipeline`` 
 warm start (the env's own recipe settings), trained before either run starts its clock.
 Validation runs before RL and every ``--val-every`` steps.
 
-Two clocks. The RL loop's: the sum over steps of the step's phase timers (``perf/<phase>_s``:
+Three clocks. The RL loop's: the sum over steps of the step's phase timers (``perf/<phase>_s``:
 rollout, which in overlap is the wait for the batch made in the background, score, advantages,
 update, sync, log), without validation, warm start and start-up. It flatters overlap: before a
 validation overlap waits for the rollout in flight, and that wait is timed as validation. The
-whole run's wall time (``wall_s``: the same start-up and validations in both modes) counts
-everything.
+run's clock (``run_s``): the loop's plus every validation so far (``perf/val_s``, the wait
+included), i.e. the wall time of the run after start-up: the honest one. The whole run's wall
+time (``wall_s``: the same start-up and validations in both modes, the warm start cached).
 
 The target of a seed is 90% of the way (``--fraction``) from the success before RL to the highest
 validation success both modes reach, ``min(best sync, best overlap)``. Each mode's time to it is
-its loop time at the first validation at or above it; the speed-up is sync's time over
-overlap's. Also printed: the whole loop's speed-up (the same number of steps) and each mode's
-validation curve, so a faster run that learns less shows. Writes ``<out>/<env>.json`` (every
-run's curve, times and mean phase times; the seeds of an earlier run that this one does not
-redo are kept) and prints a Markdown table.
+its clock at the end of the first validation at or above it; the speed-up is sync's time over
+overlap's, on the loop clock (``speedup``) and on the run's (``run_speedup``). Also printed: the
+whole loop's and the whole run's speed-ups (the same number of steps) and each mode's validation
+curve, so a faster run that learns less shows. Writes ``<out>/<env>.json`` (every run's curve,
+times and mean phase times; the seeds of an earlier run that this one does not redo are kept)
+and prints a Markdown table.
 
 envs: ``toolcalc`` (the default recipe), ``external`` (``experiment=openai_agent``: an agent
 program per rollout against the gateway), ``webnav_browser`` (``env=webnav
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -114,20 +117,25 @@ def curve(run_dir: Path) -> dict:
     for key in ("perf/val_s", "perf/val_wait_s"):
         phases[key] = [r[key] for r in rows if key in r and "val/success_rate" in r]
     means = {k: statistics.fmean(v) for k, v in phases.items() if v}
-    vals = [
-        (int(r["train/rl_step"]), r["val/success_rate"]) for r in rows if "val/success_rate" in r
-    ]
-    points = []
-    for step, success in vals:
+    vals = [r for r in rows if "val/success_rate" in r]
+    points, validated = [], 0.0
+    for r in vals:
+        step, success = int(r["train/rl_step"]), r["val/success_rate"]
         loop = sum(t for s, t in steps.items() if s <= step)
-        points.append({"rl_step": step, "loop_s": loop, "val_success": success})
+        point = {"rl_step": step, "loop_s": loop, "val_success": success}
+        if "perf/val_s" in r:
+            # the run's clock at the end of this validation: the loop and every validation so far
+            # (in overlap, its wait for the rollout in flight too)
+            validated += r["perf/val_s"]
+            point["run_s"] = loop + validated
+        points.append(point)
     return {"points": points, "loop_s": sum(steps.values()), "steps": len(steps), "mean_s": means}
 
 
-def time_to(points: list[dict], target: float) -> float | None:
+def time_to(points: list[dict], target: float, clock: str = "loop_s") -> float | None:
     for p in points:
         if p["val_success"] >= target - 1e-9:
-            return p["loop_s"]
+            return p.get(clock)
     return None
 
 
@@ -135,18 +143,30 @@ def compare(runs: dict, fraction: float = 0.9) -> dict:
     """The target: ``fraction`` of the way from the success before RL to the highest validation
     success both modes reach (the peak itself, on a plateau, is one lucky validation: 0.96-0.98
     noise on 200 tasks). Each mode's loop time to it, the speed-up (sync's time over overlap's;
-    nan when overlap is there before any RL step) and the whole loop's speed-up."""
+    nan when overlap is there before any RL step) and the whole loop's speed-up. Where the runs
+    timed their validations (``run_s``): the same on the run's clock, validations included
+    (``run_time_to_target``, ``run_speedup``); where they have wall times, their ratio."""
     start = min(r["points"][0]["val_success"] for r in runs.values())
     best = min(max(q["val_success"] for q in r["points"]) for r in runs.values())
     target = start + fraction * (best - start)
+
+    def ratio(a, b):
+        return a / b if a is not None and b else float("nan")
+
     t = {k: time_to(r["points"], target) for k, r in runs.items()}
-    speedup = t["sync"] / t["overlap"] if t["overlap"] else float("nan")
-    loop = (
-        runs["sync"]["loop_s"] / runs["overlap"]["loop_s"]
-        if runs["overlap"].get("loop_s")
-        else float("nan")
-    )
-    return {"target": target, "time_to_target": t, "speedup": speedup, "loop_speedup": loop}
+    out = {
+        "target": target,
+        "time_to_target": t,
+        "speedup": ratio(t["sync"], t["overlap"]),
+        "loop_speedup": ratio(runs["sync"]["loop_s"], runs["overlap"].get("loop_s")),
+    }
+    run_t = {k: time_to(r["points"], target, "run_s") for k, r in runs.items()}
+    if None not in run_t.values():
+        out["run_time_to_target"] = run_t
+        out["run_speedup"] = ratio(run_t["sync"], run_t["overlap"])
+    if all("wall_s" in r for r in runs.values()):
+        out["wall_speedup"] = ratio(runs["sync"]["wall_s"], runs["overlap"]["wall_s"])
+    return out
 
 
 def merge(old: dict | None, results: list[dict]) -> list[dict]:
@@ -165,6 +185,12 @@ def summarize(env: str, args: dict, results: list[dict]) -> dict:
         "speedup_mean": statistics.fmean(speedups),
         "speedup_min": min(speedups),
         "loop_speedup_mean": statistics.fmean(r["loop_speedup"] for r in results),
+        # over the seeds that have them (runs before validations were timed have no run clock)
+        **{
+            f"{k}_mean": statistics.fmean(r[k] for r in results if k in r)
+            for k in ("run_speedup", "wall_speedup")
+            if any(k in r for r in results)
+        },
         "seeds": results,
     }
 
@@ -188,9 +214,10 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(
         "| env | seed | target val success | sync s to it | overlap s to it | speed-up "
-        "| loop s sync / overlap (speed-up) | sync curve | overlap curve |"
+        "| with validations: sync / overlap s to it (speed-up) | loop s sync / overlap (speed-up) "
+        "| whole run s sync / overlap (speed-up) | sync curve | overlap curve |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench-overlap-") as tmp:
         for env in args.envs.split(","):
             results = []
@@ -211,10 +238,14 @@ def main() -> int:
                     for k, r in runs.items()
                 }
                 loops = f"{runs['sync']['loop_s']:.1f} / {runs['overlap']['loop_s']:.1f}"
+                run_t = cmp.get("run_time_to_target") or {"sync": math.nan, "overlap": math.nan}
+                walls = f"{runs['sync']['wall_s']:.0f} / {runs['overlap']['wall_s']:.0f}"
                 print(
                     f"| {env} | {seed} | {target:.2f} | {t['sync']:.1f} | {t['overlap']:.1f} | "
-                    f"{speedup:.2f}x | {loops} ({cmp['loop_speedup']:.2f}x) | {shown['sync']} "
-                    f"| {shown['overlap']} |",
+                    f"{speedup:.2f}x | {run_t['sync']:.1f} / {run_t['overlap']:.1f} "
+                    f"({cmp.get('run_speedup', math.nan):.2f}x) | {loops} "
+                    f"({cmp['loop_speedup']:.2f}x) | {walls} ({cmp['wall_speedup']:.2f}x) "
+                    f"| {shown['sync']} | {shown['overlap']} |",
                     flush=True,
                 )
             path = out / f"{env}.json"
@@ -223,7 +254,9 @@ def main() -> int:
             path.write_text(json.dumps(summary, indent=1))
             print(
                 f"| {env} | mean | | | | {summary['speedup_mean']:.2f}x (min "
-                f"{summary['speedup_min']:.2f}x) | ({summary['loop_speedup_mean']:.2f}x) | | |"
+                f"{summary['speedup_min']:.2f}x) | ({summary.get('run_speedup_mean', math.nan):.2f}x) "
+                f"| ({summary['loop_speedup_mean']:.2f}x) "
+                f"| ({summary.get('wall_speedup_mean', math.nan):.2f}x) | | |"
             )
     return 0
 

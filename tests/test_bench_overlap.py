@@ -60,6 +60,8 @@ def test_loop_time_at_each_validation_sums_the_phases_of_the_steps_before_it(tmp
     step = {**step, "pipeline/generate_s": 4.0}
     write_run(tmp_path / "o", {s: step for s in range(1, 3)}, {0: 0.5, 2: 0.7})
     assert bench.curve(tmp_path / "o")["mean_s"]["pipeline/generate_s"] == 4.0
+    # the run's clock at each validation: the loop's plus every validation so far (3, 5, 7 s)
+    assert [p["run_s"] for p in c["points"]] == [3.0, 8.0 + 8.0, 16.0 + 15.0]
 
 
 def test_seeds_measured_in_separate_runs_are_merged_by_seed():
@@ -94,6 +96,20 @@ def test_the_target_is_most_of_the_rise_both_reach_and_the_speedup_is_sync_over_
     cmp = bench.compare({"sync": sync, "overlap": overlap}, fraction=0.9)
     assert cmp["time_to_target"] == {"sync": 4.0, "overlap": 4.0}
     assert cmp["speedup"] == pytest.approx(1.0)
+    assert "run_speedup" not in cmp  # runs that did not time their validations
+    # on the run's clock (validations included) overlap's waits before validations count
+    sync = run(30.0, (0.0, 0.5), (10.0, 0.8), (20.0, 0.95))
+    overlap = run(20.0, (0.0, 0.5), (6.0, 0.9), (12.0, 0.92))
+    for r, val_s in ((sync, [5.0, 5.0, 5.0]), (overlap, [5.0, 9.0, 9.0])):
+        clock = 0.0
+        for q, v in zip(r["points"], val_s):
+            clock += v
+            q["run_s"] = q["loop_s"] + clock
+        r["wall_s"] = r["points"][-1]["run_s"] + 60.0
+    cmp = bench.compare({"sync": sync, "overlap": overlap}, fraction=0.9)
+    assert cmp["run_time_to_target"] == {"sync": 35.0, "overlap": 20.0}
+    assert cmp["run_speedup"] == pytest.approx(35.0 / 20.0)
+    assert cmp["wall_speedup"] == pytest.approx((35.0 + 60.0) / (35.0 + 60.0))
     # neither learns: both are "there" before RL, no speed-up to speak of
     flat = run(10.0, (0.0, 0.5), (10.0, 0.4))
     assert math.isnan(bench.compare({"sync": flat, "overlap": flat})["speedup"])
