@@ -168,8 +168,8 @@ def resume_reference(tmp_path_factory) -> Path:
 # parallel runs (`make test` runs the suite on pytest-xdist workers, one per core)
 
 # the longest tests (60-340 s each on the 2-core CI machine), longest first: started first, so the
-# run does not end on one of them while the other worker sits idle. A name that no longer exists
-# only loses its place in the queue
+# run does not end on one of them while the other worker sits idle. A name that no longer matches
+# a test fails tests/test_parallel_suite.py (it would silently lose its place in the queue)
 LONGEST_FIRST = (
     "tests/test_train.py::test_same_seed_same_metrics_and_resume_reproduces",
     "tests/gateway/test_external_workers.py::test_worker_mode_trains_like_subprocess_mode",
