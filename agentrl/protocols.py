@@ -171,11 +171,15 @@ class Engine(Protocol):
     as each token is sampled (the gateway streams with it); False by default.
     ``shares_weights``: the engine generates with the trainer's own model object (the HF
     engine), so ``rollout.pipeline=overlap`` gives its thread a copy; False by default.
+    ``reuses_prefixes``: ``generate`` takes ``prefixes``, a ``PrefixCache`` kept for one batch of
+    episodes, and prefills each turn from where the episode's cached tokens end (the HF engine);
+    False by default.
     """
 
     name: str
     streams_tokens: bool = False
     shares_weights: bool = False
+    reuses_prefixes: bool = False
 
     def bind(self, model, tokenizer) -> None: ...
 

@@ -14,7 +14,7 @@ import torch
 from agentrl import stopping
 from agentrl.protocols import Runner
 from agentrl.rollout.chat import ChatFormat
-from agentrl.rollout.engine import Generation, SamplingParams
+from agentrl.rollout.engine import Generation, PrefixCache, SamplingParams
 from agentrl.types import Task, Trajectory, Turn
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ class EpisodeRunner(Runner):
         # a threading.Event that, once set, abandons the episodes between turns as a stop
         # signal does (rollout.pipeline=overlap sets it to stop its rollout thread)
         self.cancel = None
+        # the last run's prompt tokens served from the engine's prefix cache, and run through
+        # the model (an engine that reuses_prefixes keeps each episode's KV between turns)
+        self._prefix_counts: tuple[int, int] | None = None
 
     def _start(self, task: Task, group: int) -> _Episode:
         env = self.suite.make()
@@ -83,19 +86,33 @@ class EpisodeRunner(Runner):
     ) -> list[Trajectory]:
         """One episode per task (repeat a task to sample a group). Returns them in input order."""
         episodes = [self._start(t, g) for t, g in zip(tasks, groups)]
+        # one per batch: its caches belong to this batch's episodes and the weights of now
+        kwargs = {"prefixes": PrefixCache()} if getattr(self.engine, "reuses_prefixes", 0) else {}
         for _ in range(max(self.suite.max_turns, 1)):
             live = [e for e in episodes if not e.done]
             cancelled = self.cancel is not None and self.cancel.is_set()
             if not live or stopping.requested() or cancelled:  # a stop abandons the episodes
                 break
-            gens = self.engine.generate([e.traj.token_ids for e in live], params, generator)
+            prompts = [e.traj.token_ids for e in live]
+            gens = self.engine.generate(prompts, params, generator, **kwargs)
             for ep, gen in zip(live, gens):
                 self._advance(ep, gen)
+        if kwargs:
+            self._prefix_counts = (kwargs["prefixes"].reused, kwargs["prefixes"].fed)
         for ep in episodes:
             if not ep.done:
                 ep.traj.status = "truncated"
             self._verify(ep)
         return [e.traj for e in episodes]
+
+    def metrics(self) -> dict[str, float]:
+        """``rollout/prefix_reused_frac``: the share of the last batch's prompt tokens that the
+        engine took from its prefix cache rather than running them through the model again
+        (absent for an engine without one)."""
+        if self._prefix_counts is None:
+            return {}
+        reused, fed = self._prefix_counts
+        return {"rollout/prefix_reused_frac": reused / max(reused + fed, 1)}
 
     def _advance(self, ep: _Episode, gen: Generation) -> None:
         start = len(ep.traj.token_ids)
