@@ -41,6 +41,17 @@ def load(model_name: str, cache: str):
     return instantiate(cfg).load()
 
 
+def load_policy(model_name: str, cache: str, adapter: str):
+    """``load`` with the LoRA adapter of conf/adapter/lora.yaml on top when ``adapter`` is lora."""
+    torch.manual_seed(0)
+    model, tok = load(model_name, cache)
+    if adapter == "lora":
+        from agentrl.models.factory import apply_adapter
+
+        model = apply_adapter(model, OmegaConf.load("conf/adapter/lora.yaml"))
+    return model, tok
+
+
 def toolcalc_suite(num_train: int) -> ToolCalc:
     """The toolcalc tasks these benchmarks were measured on (up to 3 operations, precedence
     order, correct demonstrations), whatever the constructor's defaults become."""
@@ -164,12 +175,7 @@ def main() -> None:
     ap.add_argument("--precision", nargs="+", default=["32"], choices=["32", "bf16-mixed"])
     ap.add_argument("--adapter", default="none", choices=["none", "lora"])
     args = ap.parse_args()
-    torch.manual_seed(0)
-    model, tok = load(args.model, args.cache)
-    if args.adapter == "lora":
-        from agentrl.models.factory import apply_adapter
-
-        model = apply_adapter(model, OmegaConf.load("conf/adapter/lora.yaml"))
+    model, tok = load_policy(args.model, args.cache, args.adapter)
     rows = []
     for precision in args.precision:
         with precision_context(precision):

@@ -20,8 +20,7 @@ import contextlib
 import time
 
 import torch
-from bench_engine import cpu_name, load, precision_context, toolcalc_suite
-from omegaconf import OmegaConf
+from bench_engine import cpu_name, load_policy, precision_context, toolcalc_suite
 
 from agentrl.rollout.chat import ChatFormat
 from agentrl.rollout.engine import HFEngine
@@ -55,12 +54,7 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16-mixed", choices=["32", "bf16-mixed"])
     ap.add_argument("--adapter", default="lora", choices=["none", "lora"])
     args = ap.parse_args()
-    torch.manual_seed(0)
-    model, tok = load(args.model, args.cache)
-    if args.adapter == "lora":
-        from agentrl.models.factory import apply_adapter
-
-        model = apply_adapter(model, OmegaConf.load("conf/adapter/lora.yaml"))
+    model, tok = load_policy(args.model, args.cache, args.adapter)
     model.eval()
     chat = ChatFormat(tok)
     suite, service = make_suite(args.env)
