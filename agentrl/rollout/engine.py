@@ -81,33 +81,43 @@ class PrefixCache:
     """The per-layer keys and values of the sequences one ``generate`` call ended with (prompt and
     generated tokens but the last), for the next call: a prompt that extends one of them reuses
     its cache. Valid for one set of weights and one engine: the runner makes one per episode
-    batch. ``reused`` and ``fed`` count prompt tokens served from it and run through the model."""
+    batch. ``reused`` and ``fed`` count prompt tokens served from it and run through the model.
+
+    A lookup costs O(stored lengths x ``TAIL``) per prompt, not O(stored lengths x prompt length):
+    entries are found by their length and last ``TAIL`` tokens, and only a hit is compared whole.
+    """
+
+    TAIL = 8
 
     def __init__(self):
-        self.entries: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        # (length, last TAIL tokens) -> [(the sequence, its per-layer keys and values)]
+        self.entries: dict[tuple[int, tuple[int, ...]], list[tuple[list[int], list]]] = {}
         self._lengths: list[int] = []
-        self._next: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._next: dict[tuple[int, tuple[int, ...]], list[tuple[list[int], list]]] = {}
         self.reused = 0
         self.fed = 0
+
+    def _key(self, seq: list[int], n: int) -> tuple[int, tuple[int, ...]]:
+        return n, tuple(seq[max(n - self.TAIL, 0) : n])
 
     def match(self, prompt: list[int]) -> tuple[int, list | None]:
         """The longest stored sequence that is a proper prefix of ``prompt`` (its length and
         per-layer [heads, length, dim] keys and values), or (0, None)."""
         for n in self._lengths:
             if n < len(prompt):
-                kv = self.entries.get(tuple(prompt[:n]))
-                if kv is not None:
-                    return n, kv
+                for seq, kv in self.entries.get(self._key(prompt, n), ()):
+                    if prompt[:n] == seq:
+                        return n, kv
         return 0, None
 
     def keep(self, seq: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self._next[tuple(seq)] = kv
+        self._next.setdefault(self._key(seq, len(seq)), []).append((list(seq), kv))
 
     def turn(self) -> None:
         """What this call kept replaces what the last one did (an episode's older turns are
         prefixes of its newer ones: only the newest is matched again)."""
         self.entries, self._next = self._next, {}
-        self._lengths = sorted({len(k) for k in self.entries}, reverse=True)
+        self._lengths = sorted({n for n, _ in self.entries}, reverse=True)
 
 
 def _plain_layers(cache) -> bool:

@@ -96,3 +96,18 @@ def test_runner_episodes_are_the_same_with_and_without_reuse(tiny):
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
     assert runner_on.metrics()["rollout/prefix_reused_frac"] > 0.3
     assert runner_off.metrics() == {}
+
+
+def test_sequences_that_share_their_length_and_tail_are_told_apart():
+    store = PrefixCache()
+    tail = list(range(100, 100 + PrefixCache.TAIL))
+    a, b = [1, 2, 3] + tail, [4, 5, 6] + tail
+    store.keep(a, "kv of a")
+    store.keep(b, "kv of b")
+    store.turn()
+    assert store.match(b + [9]) == (len(b), "kv of b")
+    assert store.match(a + [9, 9]) == (len(a), "kv of a")
+    assert store.match([7, 8, 9] + tail + [9]) == (0, None)
+    # the next call's entries replace these
+    store.turn()
+    assert store.match(a + [9]) == (0, None)
