@@ -177,19 +177,26 @@ def merge(old: dict | None, results: list[dict]) -> list[dict]:
     return sorted(kept + results, key=lambda r: r["seed"])
 
 
+def _finite(values) -> list[float]:
+    """The values that are numbers: a seed whose validation never rose has no time to target
+    (nan), and says nothing about the speed-up."""
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
 def summarize(env: str, args: dict, results: list[dict]) -> dict:
-    speedups = [r["speedup"] for r in results]
+    speedups = _finite(r["speedup"] for r in results)
     return {
         "env": env,
         "args": args,
-        "speedup_mean": statistics.fmean(speedups),
-        "speedup_min": min(speedups),
+        "speedup_mean": statistics.fmean(speedups) if speedups else math.nan,
+        "speedup_min": min(speedups) if speedups else math.nan,
         "loop_speedup_mean": statistics.fmean(r["loop_speedup"] for r in results),
         # over the seeds that have them (runs before validations were timed have no run clock)
         **{
-            f"{k}_mean": statistics.fmean(r[k] for r in results if k in r)
+            f"{k}_mean": statistics.fmean(vals) if vals else math.nan
             for k in ("run_speedup", "wall_speedup")
             if any(k in r for r in results)
+            for vals in [_finite(r.get(k) for r in results)]
         },
         "seeds": results,
     }

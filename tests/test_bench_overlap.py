@@ -73,6 +73,33 @@ def test_seeds_measured_in_separate_runs_are_merged_by_seed():
     assert bench.merge(None, new) == sorted(new, key=lambda r: r["seed"])
 
 
+def test_a_seed_that_never_rose_is_left_out_of_the_mean_speedups():
+    bench = _bench()
+    seeds = [
+        {"seed": 0, "speedup": 1.44, "loop_speedup": 1.85, "wall_speedup": 1.13},
+        {
+            "seed": 1,
+            "speedup": math.nan,
+            "loop_speedup": 1.73,
+            "wall_speedup": 1.10,
+            "run_speedup": math.nan,
+        },
+        {
+            "seed": 2,
+            "speedup": 1.28,
+            "loop_speedup": 1.70,
+            "wall_speedup": 1.11,
+            "run_speedup": 0.91,
+        },
+    ]
+    summary = bench.summarize("external", {}, seeds)
+    assert summary["speedup_mean"] == pytest.approx((1.44 + 1.28) / 2)
+    assert summary["speedup_min"] == pytest.approx(1.28)
+    assert summary["run_speedup_mean"] == pytest.approx(0.91)
+    assert summary["wall_speedup_mean"] == pytest.approx((1.13 + 1.10 + 1.11) / 3)
+    assert math.isnan(bench.summarize("x", {}, seeds[1:2])["speedup_mean"])
+
+
 def test_the_target_is_most_of_the_rise_both_reach_and_the_speedup_is_sync_over_overlap():
     bench = _bench()
 
