@@ -132,6 +132,9 @@ def table(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
+        if r.get("failed"):
+            lines.append(f"| {name} | failed: {r['failed']} |" + " |" * 8)
+            continue
         ratio = base / r["step_s"] if base and r["step_s"] else None
         lines.append(
             f"| {name} | {_fmt(r['step_s'])} | {_fmt(r['rollout_s'])} | {_fmt(r['update_s'])} "
@@ -166,6 +169,7 @@ def main() -> int:
         p.error(f"unknown arm(s) {unknown}; known: {sorted(arms)}")
     rows: dict[str, list[dict]] = {a: [] for a in chosen}
     walls: dict[str, list[float]] = {a: [] for a in chosen}
+    failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bench-rl-step-") as tmp:
         warm(args, Path(tmp) / "warm")
         for rnd in range(args.rounds):
@@ -176,12 +180,17 @@ def main() -> int:
                 out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
                 walls[name].append(time.monotonic() - start)
                 if out.returncode != 0:
+                    # the other arms still run; this one is reported with the error's last line
                     print(out.stdout[-3000:], out.stderr[-5000:], sep="\n", file=sys.stderr)
-                    print(f"arm {name} failed (exit {out.returncode})", file=sys.stderr)
-                    return 1
+                    lines = [x for x in out.stderr.splitlines() if x.strip()] or ["(no stderr)"]
+                    failed[name] = f"exit {out.returncode}: {lines[-1][:300]}"
+                    print(f"round {rnd} {name}: failed ({failed[name]})", flush=True)
+                    continue
                 rows[name] += step_rows(run_dir)
                 print(f"round {rnd} {name}: {walls[name][-1]:.0f} s", flush=True)
     results = {a: summarize(rows[a], statistics.median(walls[a])) for a in chosen}
+    for name, why in failed.items():
+        results[name]["failed"] = why
     print(table(results))
     if args.out:
         doc = {
@@ -194,7 +203,7 @@ def main() -> int:
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(doc, indent=1))
-    return 0
+    return 1 if len(failed) == len(chosen) else 0
 
 
 if __name__ == "__main__":
