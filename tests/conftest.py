@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -18,6 +19,16 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench(name: str) -> ModuleType:
+    """bench/<name>.py as a module (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 CONF = ROOT / "conf"
 # set to 1 by .ci/run: what CI installs must be there, so a test that would skip for its lack fails
 REQUIRE_ALL = "AGENTRL_REQUIRE_ALL"

@@ -4,21 +4,11 @@ the time each mode needs to reach 90% of the rise to the highest validation succ
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 
 import pytest
 
-from tests.conftest import ROOT
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_overlap", ROOT / "bench" / "bench_overlap.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_bench
 
 
 def write_run(path, step_s: dict[int, dict], val: dict[int, float]) -> None:
@@ -39,7 +29,7 @@ def write_run(path, step_s: dict[int, dict], val: dict[int, float]) -> None:
 
 
 def test_loop_time_at_each_validation_sums_the_phases_of_the_steps_before_it(tmp_path):
-    bench = _bench()
+    bench = load_bench("bench_overlap")
     step = {"perf/rollout_s": 2.0, "perf/score_s": 0.5, "perf/update_s": 1.5}
     write_run(tmp_path / "r", {s: step for s in range(1, 5)}, {0: 0.5, 2: 0.7, 4: 0.9})
     c = bench.curve(tmp_path / "r")
@@ -65,7 +55,7 @@ def test_loop_time_at_each_validation_sums_the_phases_of_the_steps_before_it(tmp
 
 
 def test_seeds_measured_in_separate_runs_are_merged_by_seed():
-    bench = _bench()
+    bench = load_bench("bench_overlap")
     old = {"seeds": [{"seed": 0, "speedup": 1.4}, {"seed": 1, "speedup": 1.1}]}
     new = [{"seed": 2, "speedup": 1.2}, {"seed": 1, "speedup": 1.3}]
     merged = bench.merge(old, new)
@@ -74,7 +64,7 @@ def test_seeds_measured_in_separate_runs_are_merged_by_seed():
 
 
 def test_a_seed_that_never_rose_is_left_out_of_the_mean_speedups():
-    bench = _bench()
+    bench = load_bench("bench_overlap")
     seeds = [
         {"seed": 0, "speedup": 1.44, "loop_speedup": 1.85, "wall_speedup": 1.13},
         {
@@ -101,7 +91,7 @@ def test_a_seed_that_never_rose_is_left_out_of_the_mean_speedups():
 
 
 def test_the_target_is_most_of_the_rise_both_reach_and_the_speedup_is_sync_over_overlap():
-    bench = _bench()
+    bench = load_bench("bench_overlap")
 
     def run(loop_s, *pairs):
         points = [{"rl_step": i, "loop_s": t, "val_success": v} for i, (t, v) in enumerate(pairs)]

@@ -5,7 +5,6 @@ the learning bar of the recipes is a benchmark with its results in docs, not a t
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
@@ -13,7 +12,7 @@ import torch
 from omegaconf import open_dict
 
 from agentrl.train import run
-from tests.conftest import CONF, ROOT, compose_config
+from tests.conftest import CONF, compose_config, load_bench
 from tests.test_train import metrics_rows
 
 RECIPES = sorted(p.stem for p in (CONF / "experiment").glob("smollm2_*.yaml"))
@@ -21,13 +20,6 @@ RECIPES = sorted(p.stem for p in (CONF / "experiment").glob("smollm2_*.yaml"))
 
 def test_there_are_real_model_recipes():
     assert "smollm2_toolcalc" in RECIPES
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("real_models", ROOT / "bench" / "real_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # a launch stopped by SIGTERM 10 min after it started, resumed 30 min later, done 5 min after
@@ -44,7 +36,7 @@ checkpoint of RL step 2: run/checkpoints/last.ckpt; resume: python launch.py hyd
 
 
 def test_bench_wall_time_of_a_stopped_run_ends_at_its_stop_line(tmp_path):
-    bench = _bench()
+    bench = load_bench("real_models")
     lines = STOPPED_AND_RESUMED.splitlines(keepends=True)
     # stopped, not resumed: launch to the stop line (not to the last line logged before it)
     (tmp_path / "launch.log").write_text("".join(lines[:4]))

@@ -1,21 +1,11 @@
 """bench/tooluse_episodes.py counts what the README says about SmolLM2's tooluse episodes: solved
 price questions per family, the stock lookup, a squared price, the quantity used, invalid calls."""
 
-import importlib.util
 import json
 import sys
 
 from agentrl.envs.toolcalls import answer_action, tool_call
-from tests.conftest import ROOT
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "tooluse_episodes", ROOT / "bench" / "tooluse_episodes.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_bench
 
 
 def turn(action: str, observation: str = "", **info) -> dict:
@@ -78,7 +68,7 @@ def episodes() -> list[dict]:
 
 
 def test_counts_per_policy_and_family():
-    bench = _bench()
+    bench = load_bench("tooluse_episodes")
     s = bench.summarize(episodes())
     base, end = s["baseline"], s["step20"]
     assert base["episodes"] == 2 and dict(base["family"]) == {"value": 1, "cost": 1}
@@ -91,7 +81,7 @@ def test_counts_per_policy_and_family():
 
 
 def test_table_counts_out_of_the_family(tmp_path, capsys):
-    bench = _bench()
+    bench = load_bench("tooluse_episodes")
     path = tmp_path / "trajectories.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in reversed(episodes())))
     argv, sys.argv = sys.argv, ["tooluse_episodes.py", str(path)]
