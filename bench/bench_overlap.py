@@ -33,7 +33,6 @@ env.backend=browser``: each episode in headless Chromium; needs Debian's chromiu
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import statistics
@@ -45,6 +44,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
+
+from agentrl.plotting import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("rollout", "score", "advantages", "update", "sync", "log")
@@ -102,8 +103,7 @@ def warm(cfg) -> None:
 
 def curve(run_dir: Path) -> dict:
     """Loop time (s) at each validation, and the validation success there."""
-    with open(run_dir / "metrics.csv") as f:
-        rows = [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f)]
+    rows = read_metrics(run_dir / "metrics.csv")
     steps, phases = {}, {}
     for r in rows:
         if "perf/rollout_s" in r:

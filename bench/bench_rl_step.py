@@ -23,7 +23,6 @@ arm (its median step over this arm's).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -32,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from agentrl.plotting import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -85,8 +86,7 @@ def warm(args, run_dir: Path) -> None:
 
 
 def step_rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as f:
-        rows = [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f)]
+    rows = read_metrics(run_dir / "metrics.csv")
     return [r for r in rows if "perf/rollout_s" in r]
 
 

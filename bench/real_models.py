@@ -21,10 +21,11 @@ test-split start and end points.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 from pathlib import Path
+
+from agentrl.plotting import read_metrics
 
 PHASES = ("rollout", "score", "advantages", "update", "sync", "log")
 
@@ -37,8 +38,7 @@ def load_run(run: Path) -> dict:
         if "ci" in out:
             out["ci"] = tuple(out["ci"])
         return out
-    with open(run / "metrics.csv") as f:
-        rows = [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f)]
+    rows = read_metrics(run / "metrics.csv")
     val = [(r["train/rl_step"], r["val/success_rate"]) for r in rows if "val/success_rate" in r]
     steps = [r for r in rows if "perf/rollout_s" in r]
     step_s = [sum(r.get(f"perf/{p}_s", 0.0) for p in PHASES) for r in steps]
