@@ -3,7 +3,11 @@ side by side in one run: the phases of each step, generated tokens per second, t
 log-prob gap and the success of the sampled episodes.
 
     python bench/bench_rl_step.py --experiment smollm2_tooluse --seed 1 --steps 3 \\
-        --arms hf,vllm,vllm_bf16 [--rounds 1] [--cache .cache] [--out FILE.json]
+        --arms hf,vllm,vllm_bf16 [--arm NAME=override,override ...] [--rounds 1] \\
+        [--cache .cache] [--out FILE.json]
+
+``--arms`` picks named settings (``ARMS`` below); each ``--arm`` defines one more, run after them
+(``--arm mb32=module.update_micro_batch_size=32``).
 
 ``rollout=vllm`` arms need vLLM (`make setup-vllm`, then run this with ``.venv-vllm/bin/python``;
 the hf arms run there too, so every arm has the same torch and transformers).
@@ -151,7 +155,9 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--arms", default="hf,vllm")
-    p.add_argument("--arm", action="append", default=[], help="NAME=override,override")
+    p.add_argument(
+        "--arm", action="append", default=[], help="NAME=override,override (run after --arms)"
+    )
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--cache", default=str(ROOT / ".cache"))
     p.add_argument("--extra", nargs="*", default=[], help="overrides for every arm")
@@ -163,7 +169,9 @@ def main() -> int:
     for spec in args.arm:
         name, _, ovr = spec.partition("=")
         arms[name] = [o for o in ovr.split(",") if o]
-    chosen = args.arms.split(",")
+    # the arms named by --arms, then each --arm not among them
+    chosen = [a for a in args.arms.split(",") if a]
+    chosen += [a for a in (s.partition("=")[0] for s in args.arm) if a not in chosen]
     unknown = [a for a in chosen if a not in arms]
     if unknown:
         p.error(f"unknown arm(s) {unknown}; known: {sorted(arms)}")
