@@ -713,9 +713,9 @@ def wandb_logged_in() -> bool:
 
 
 def check_pipeline(cfg: DictConfig) -> None:
-    """rollout.pipeline=overlap needs an RL algorithm, a trainer whose policy is whole on each
-    rank (its rollout thread copies it) and the hf engine: not the preference step, not
-    trainer=fsdp, not rollout=vllm (docs/scale.md, "Overlapping rollouts and updates")."""
+    """rollout.pipeline=overlap needs an RL algorithm and a trainer whose policy is whole on
+    each rank (its rollout thread copies it): not the preference step, not trainer=fsdp
+    (docs/scale.md, "Overlapping rollouts and updates")."""
     if _value(cfg, "rollout.pipeline") != "overlap":
         return
     step = _value(cfg, "algorithm.step")
@@ -728,12 +728,6 @@ def check_pipeline(cfg: DictConfig) -> None:
         raise ConfigError(
             "rollout.pipeline=overlap does not support trainer=fsdp (its rollout thread holds a "
             "whole copy of the policy); use trainer=ddp or rollout.pipeline=sync"
-        )
-    if str(_value(cfg, "rollout.engine._target_") or "").endswith("VLLMEngine"):
-        raise ConfigError(
-            "rollout.pipeline=overlap does not support rollout=vllm (untested, and a run stopped "
-            "mid-rollout could not resume exactly: vLLM's weights of the abandoned rollout are not "
-            "checkpointed); use rollout=hf or rollout.pipeline=sync"
         )
 
 

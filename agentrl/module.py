@@ -131,11 +131,6 @@ class AgentRLModule(L.LightningModule):
                 f"rollout.pipeline=overlap needs an RL algorithm (algorithm.step=rl), not "
                 f"algorithm.step={step}"
             )
-        if not getattr(self.engine, "shares_weights", False):
-            # the config check refuses rollout=vllm with a reason (agentrl/config_check.py)
-            raise ValueError(
-                "rollout.pipeline=overlap needs rollout=hf (an engine on the trainer's weights)"
-            )
         pipe = RolloutPipeline(max_staleness, max_reuse, correction, correction_cap)
         if correction == "tis" and getattr(self.algorithm, "tis_cap", None) is None:
             self.algorithm.tis_cap = correction_cap

@@ -62,13 +62,6 @@ CASES = [
         "rollout.pipeline=overlap does not support trainer=fsdp (its rollout thread holds a "
         "whole copy of the policy); use trainer=ddp or rollout.pipeline=sync",
     ),
-    (
-        "vllm",
-        ["rollout.pipeline=overlap"],
-        "rollout.pipeline=overlap does not support rollout=vllm (untested, and a run stopped "
-        "mid-rollout could not resume exactly: vLLM's weights of the abandoned rollout are not "
-        "checkpointed); use rollout=hf or rollout.pipeline=sync",
-    ),
     ("default", ["rollout.temperature=-1"], "rollout.temperature must be > 0, got -1"),
     ("default", ["rollout.top_p=0"], "rollout.top_p must be in (0, 1], got 0"),
     ("default", ["rollout.top_p=2"], "rollout.top_p must be in (0, 1], got 2"),
@@ -253,6 +246,10 @@ def test_wandb_online_with_a_key_passes(base, monkeypatch):
 )
 def test_good_values_pass(base, overrides):
     config_check.validate(apply(base("default"), overrides))
+
+
+def test_overlap_with_vllm_passes(base):
+    config_check.validate(apply(base("vllm"), ["rollout.pipeline=overlap"]))
 
 
 def test_rule_messages():
