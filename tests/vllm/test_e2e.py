@@ -23,6 +23,16 @@ class FirstTokenParity:
         return RewardOutput(float(first % 2 == 0), {"parity": float(first % 2 == 0)})
 
 
+# the reward group's settings replaced by FirstTokenParity
+PARITY_REWARD = [
+    "reward._target_=tests.vllm.test_e2e.FirstTokenParity",
+    "~reward.success_weight",
+    "~reward.format_bonus",
+    "~reward.step_penalty",
+    "~reward.invalid_penalty",
+]
+
+
 @pytest.mark.slow
 def test_launch_rollout_vllm_trains_two_steps(tmp_path):
     run_dir = tmp_path / "run"
@@ -34,11 +44,7 @@ def test_launch_rollout_vllm_trains_two_steps(tmp_path):
         "warmstart.enabled=false",
         "validate_before_training=false",
         "callbacks.export=null",
-        "reward._target_=tests.vllm.test_e2e.FirstTokenParity",
-        "~reward.success_weight",
-        "~reward.format_bonus",
-        "~reward.step_penalty",
-        "~reward.invalid_penalty",
+        *PARITY_REWARD,
         "optimizer.lr=1e-3",
         f"hydra.run.dir={run_dir}",
         f"paths.cache_dir={tmp_path / 'cache'}",

@@ -16,16 +16,13 @@ from agentrl.train import checkpoint_rl_step
 from tests import test_stopping as ts
 from tests.test_pipeline import same_rows
 from tests.test_train import metrics_rows, rows_with
+from tests.vllm.test_e2e import PARITY_REWARD
 
 ARGS = [
     "rollout=vllm",
     "rollout.pipeline=overlap",
     "warmstart.enabled=false",
-    "reward._target_=tests.vllm.test_e2e.FirstTokenParity",
-    "~reward.success_weight",
-    "~reward.format_bonus",
-    "~reward.step_penalty",
-    "~reward.invalid_penalty",
+    *PARITY_REWARD,
     "optimizer.lr=1e-3",
     "data.tasks_per_step=4",
     "data.steps=4",
