@@ -52,8 +52,13 @@ PHASES = ("rollout", "score", "advantages", "update", "sync", "log")
 ENVS = {
     "toolcalc": [],
     "external": ["experiment=openai_agent", "env.timeout_s=300"],
+    "webnav": ["env=webnav"],
     "webnav_browser": ["env=webnav", "env.backend=browser"],
 }
+# an env whose runs start from another env's warm start: webnav's 5,000 demonstrations rendered in
+# Chromium take over half an hour on 2 cores; the text backend's (the same pages without the
+# JavaScript deal link) take minutes. Both modes start from it, so the comparison stays fair.
+WARM_FROM = {"webnav_browser": "webnav"}
 
 
 def config(args, env: str, seed: int, pipeline: str, out: Path, cache: Path):
@@ -99,6 +104,20 @@ def warm(cfg) -> None:
         warm_start(cfg, parts, policy, tokenizer)
     finally:
         close_suite(parts["suite"])
+
+
+def share_warm_start(src, dst) -> None:
+    """Put the warm start cached for config ``src`` where config ``dst`` looks for its own."""
+    import shutil
+
+    from agentrl.utils.instantiate import instantiate
+    from agentrl.warmstart import warmstart_identity
+
+    stage = instantiate(src.warmstart)
+    have = stage.folder(warmstart_identity(src))
+    want = stage.folder(warmstart_identity(dst))
+    if not (want / "model.pt").exists():
+        shutil.copytree(have, want, dirs_exist_ok=True)
 
 
 def curve(run_dir: Path) -> dict:
@@ -231,7 +250,13 @@ def main() -> int:
             for seed in (int(s) for s in args.seeds.split(",")):
                 cache = Path(args.cache) if args.cache else Path(tmp) / f"cache-{env}-{seed}"
                 runs = {}
-                warm(config(args, env, seed, "sync", Path(tmp) / f"{env}-{seed}-warm", cache))
+                source = WARM_FROM.get(env, env)
+                warm_cfg = config(
+                    args, source, seed, "sync", Path(tmp) / f"{env}-{seed}-warm", cache
+                )
+                warm(warm_cfg)
+                if source != env:
+                    share_warm_start(warm_cfg, config(args, env, seed, "sync", Path(tmp), cache))
                 for pipeline in ("sync", "overlap"):
                     run_dir = Path(tmp) / f"{env}-{seed}-{pipeline}"
                     start = time.monotonic()
