@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -307,3 +309,55 @@ def test_each_program_has_its_own_token_and_posts_only_its_own_reward_once(token
     m = runner.metrics()
     assert m["gateway/forbidden"] == 2 and m["gateway/duplicate_rewards"] == 2
     assert m["gateway/forbidden_total"] == 2 and m["gateway/bad_rewards"] == 0
+
+
+def stop_when_started(pidfile: Path, stop) -> threading.Thread:
+    """``stop()`` from another thread once the hung program wrote its grandchild's pid."""
+
+    def watch():
+        deadline = time.monotonic() + 60
+        while not pidfile.exists() or not pidfile.read_text():
+            assert time.monotonic() < deadline, "the hung program never started"
+            time.sleep(0.02)
+        stop()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("by", ["signal", "cancel"])
+def test_a_stop_abandons_the_rollout_and_kills_its_programs(
+    tokenizer, tmp_path, monkeypatch, caplog, by
+):
+    """A stop signal (the sync loop) or the overlap pipeline's cancel ends a rollout within a
+    poll, not when its programs end (this one sleeps 120 s, its timeout is 60 s): the running
+    program and its grandchild are killed, the rest never start, nothing is returned or counted
+    (the step is redone on resume)."""
+    from agentrl import stopping
+
+    pidfile = tmp_path / "grandchild.pid"
+    suite, runner, _ = make_runner(
+        tokenizer, f"python {STUB} hang {pidfile}", timeout_s=60.0, max_concurrency=1
+    )
+    if by == "signal":
+        stop = functools.partial(setattr, stopping.STATE, "signum", signal.SIGTERM)
+        monkeypatch.setattr(stopping.STATE, "signum", None)  # restored after the test
+    else:
+        runner.cancel = threading.Event()
+        stop = runner.cancel.set
+    watcher = stop_when_started(pidfile, stop)
+    start = time.monotonic()
+    with caplog.at_level("INFO", logger="agentrl.envs.external.suite"):
+        trajs = run(runner, suite, n=3)
+    assert time.monotonic() - start < 30
+    watcher.join()
+    assert trajs == []
+    assert "rollout abandoned by a stop: 1 agent programs killed, 2 not started" in caplog.text
+    assert runner.metrics()["gateway/rollouts_total"] == 0
+    grandchild = int(pidfile.read_text())
+    for _ in range(50):
+        if not alive(grandchild):
+            break
+        time.sleep(0.1)
+    assert not alive(grandchild)

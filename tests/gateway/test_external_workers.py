@@ -276,3 +276,36 @@ def test_worker_mode_trains_like_subprocess_mode(make_cfg, tmp_path):
     for w, p in zip(workers, programs):
         differ = {k: (w.get(k), p.get(k)) for k in set(w) | set(p) if w.get(k) != p.get(k)}
         assert not differ, differ
+
+
+def test_a_stop_abandons_the_rollout_kills_its_worker_and_the_next_run_has_fresh_ones(
+    tokenizer, tmp_path, monkeypatch, caplog
+):
+    """The overlap pipeline's cancel (a stop signal does the same) during a hung rollout: the
+    run returns at once with nothing, the worker running it is killed with its grandchild, the
+    rollout not sent never runs; the next run tops the pool up and serves normally."""
+    import threading
+
+    from tests.gateway.test_external import stop_when_started
+
+    pidfile = tmp_path / "grandchild.pid"
+    monkeypatch.setenv("AGENTRL_TEST_PIDFILE", str(pidfile))
+    with no_leaks():
+        suite = make_suite(f"{STUB}:by_task", workers=1, timeout_s=60.0)
+        try:
+            (first,) = suite.pool.pids()
+            runner = runner_for(suite, tokenizer)
+            runner.cancel = threading.Event()
+            watcher = stop_when_started(pidfile, runner.cancel.set)
+            with caplog.at_level("INFO", logger="agentrl.envs.external.suite"):
+                assert run(runner, with_prompts(suite, "hang", "fine")) == []
+            watcher.join()
+            assert "1 agent programs killed, 1 not started" in caplog.text
+            assert not alive(first) and not alive(int(pidfile.read_text()))
+            runner.cancel.clear()
+            trajs = run(runner, with_prompts(suite, "fine"))
+            assert [t.status for t in trajs] == ["ok"]
+            (second,) = suite.pool.pids()
+            assert second != first
+        finally:
+            suite.close()

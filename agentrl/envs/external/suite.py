@@ -47,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from agentrl import stopping
 from agentrl.gateway.record import RolloutRecord, trajectories
 from agentrl.gateway.server import Gateway
 from agentrl.protocols import Runner
@@ -192,6 +193,8 @@ class ExternalRunner(Runner):
         self.totals = dict.fromkeys(self.COUNTERS, 0)
         self.last: dict[str, float] = {}
         self.gateway: Gateway | None = None
+        # the overlap pipeline's event (agentrl/pipeline.py): set, its rollout is abandoned
+        self.cancel = None
 
     def metrics(self) -> dict[str, float]:
         """The last run's counts and rates, and the totals since the start (``gateway/``)."""
@@ -218,16 +221,34 @@ class ExternalRunner(Runner):
         if self.suite.pool is not None:
             with gw:
                 jobs = [self._job(gw, i, t, g) for i, (t, g) in enumerate(zip(tasks, groups))]
-                self.suite.pool.run(gw, jobs)
+                if self.suite.pool.run(gw, jobs, stop=self._stopped):
+                    return self._abandon(jobs, len(tasks))
                 return self._collect(jobs, gw)
         procs: list[_Proc] = []
         with tempfile.TemporaryDirectory(prefix="agentrl-agents-") as tmp, gw:
             try:
-                self._loop(gw, tasks, groups, procs, Path(tmp))
+                cut = self._loop(gw, tasks, groups, procs, Path(tmp))
             finally:
                 for p in procs:
                     kill_group(p.popen)
+            if cut:
+                return self._abandon(procs, len(tasks))
             return self._collect(procs, gw)
+
+    def _stopped(self) -> bool:
+        """A stop signal, or the overlap pipeline's cancel: the rollout is abandoned, as the
+        episode runner abandons its episodes between turns."""
+        return stopping.requested() or (self.cancel is not None and self.cancel.is_set())
+
+    def _abandon(self, started: list, total: int) -> list[Trajectory]:
+        """No trajectories from a rollout cut short (its step is redone on resume, or its batch
+        dropped): nothing is counted, the gateway fails what its programs left queued."""
+        log.info(
+            "env=external: rollout abandoned by a stop: %d agent programs killed, %d not started",
+            sum(p.outcome == "abandoned" for p in started),
+            total - sum(p.outcome is not None for p in started),
+        )
+        return []
 
     def _generators(self, generator: torch.Generator | None):
         """A generator per (rollout, call), seeded from the run's: independent of arrival order."""
@@ -243,10 +264,14 @@ class ExternalRunner(Runner):
 
         return make
 
-    def _loop(self, gw: Gateway, tasks, groups, procs: list[_Proc], tmp: Path) -> None:
+    def _loop(self, gw: Gateway, tasks, groups, procs: list[_Proc], tmp: Path) -> bool:
         todo = list(enumerate(zip(tasks, groups)))
         running: list[_Proc] = []
         while todo or running:
+            if self._stopped():  # checked every 20 ms; the caller kills the programs
+                for p in running:
+                    p.outcome = "abandoned"
+                return True
             while todo and len(running) < self.suite.max_concurrency:
                 i, (task, group) = todo.pop(0)
                 p = self._spawn(gw, i, task, group, tmp)
@@ -269,6 +294,7 @@ class ExternalRunner(Runner):
                 running.remove(p)
         while gw.pump(0.0):  # answer anything a killed program left queued
             pass
+        return False
 
     def _open(self, gw: Gateway, index: int, task: Task) -> tuple[RolloutRecord, dict, dict]:
         """The rollout's record, its task as the agent sees it, and its environment variables."""

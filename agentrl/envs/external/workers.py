@@ -61,7 +61,8 @@ class Job:
     group: int
     # what the worker is sent: id, task, base_url, api_key, env
     message: dict
-    # "exited" once the worker answered (or the rollout failed before it ran), "timeout"
+    # "exited" once the worker answered (or the rollout failed before it ran), "timeout", or
+    # "abandoned" (its worker killed by a stop)
     outcome: str | None = None
     # why it failed, when it did other than by timing out
     failure: str | None = None
@@ -148,13 +149,23 @@ class WorkerPool:
     def close(self) -> None:
         self._close()
 
-    def run(self, gw, jobs: list[Job]) -> None:
-        """Serve every job (the gateway pumped meanwhile); each ends with its ``outcome``."""
+    def run(self, gw, jobs: list[Job], stop=None) -> bool:
+        """Serve every job (the gateway pumped meanwhile); each ends with its ``outcome``.
+        ``stop()`` true (a stop signal, or the overlap pipeline abandoning its rollout) ends the
+        run at once: the jobs not sent are dropped, the workers running one are killed (the next
+        run starts fresh ones). Returns whether the run was cut short so."""
         self.broken = None
-        while len(self.workers) < self.size:  # top up what failed to restart in a former run
+        while len(self.workers) < self.size:  # top up what failed or was stopped in a former run
             self._spawn()
         todo = deque(jobs)
         while todo or any(w.job for w in self.workers):
+            if stop is not None and stop():
+                for w in [w for w in self.workers if w.job is not None]:
+                    w.job.outcome = "abandoned"
+                    kill_group(w.popen)
+                    _close_pipes(w)
+                    self.workers.remove(w)
+                return True
             for w in self.workers:
                 if todo and w.loaded and not w.dead and w.job is None:
                     self._send(w, todo)
@@ -174,6 +185,7 @@ class WorkerPool:
             self._expire()
         while gw.pump(0.0):  # answer anything a killed worker left queued
             pass
+        return False
 
     # ----------------------------------------------------------------- internals
     def _send(self, w: _Worker, todo: deque) -> None:
