@@ -3,6 +3,7 @@ success, side by side in one process, per env and seed.
 
     python bench/bench_overlap.py [--envs toolcalc,external,webnav_browser] [--seeds 0,1,2]
         [--steps 30] [--val-every 5] [--val-tasks 100] [--out bench/results/overlap] [--cache DIR]
+        [--warm-from ENV=SOURCE,...] [--warm-seed N]
 
 For each env and seed the two runs share every setting but ``rollout.pipeline`` and one cached
 warm start (the env's own recipe settings), trained before either run starts its clock.
@@ -55,10 +56,17 @@ ENVS = {
     "webnav": ["env=webnav"],
     "webnav_browser": ["env=webnav", "env.backend=browser"],
 }
-# an env whose runs start from another env's warm start: webnav's 5,000 demonstrations rendered in
-# Chromium take over half an hour on 2 cores; the text backend's (the same pages without the
-# JavaScript deal link) trained in ~19 min. Both modes start from it, so the comparison is fair.
-WARM_FROM = {"webnav_browser": "webnav"}
+
+
+def warm_sources(spec: str) -> dict[str, str]:
+    """``--warm-from``: "env=source,..." -> {env: source}: env's runs start from source's warm
+    start (e.g. webnav_browser=webnav: the text backend's, whose pages lack the JavaScript deal
+    link; both modes start from it, so the comparison stays fair)."""
+    pairs = [p.split("=", 1) for p in spec.split(",") if p.strip()]
+    for pair in pairs:
+        if len(pair) != 2 or pair[0] not in ENVS or pair[1] not in ENVS:
+            raise SystemExit(f"--warm-from: {'='.join(pair)!r} is not ENV=ENV of {sorted(ENVS)}")
+    return {env.strip(): source.strip() for env, source in pairs}
 
 
 def config(args, env: str, seed: int, pipeline: str, out: Path, cache: Path):
@@ -76,6 +84,8 @@ def config(args, env: str, seed: int, pipeline: str, out: Path, cache: Path):
                 f"trainer.val_check_interval={args.val_every}",
                 "validate_before_training=true",
                 "callbacks.export=null",
+                # every seed's runs from the warm start of one seed (its RL differs by seed)
+                *([] if args.warm_seed is None else [f"warmstart.seed={args.warm_seed}"]),
             ],
         )
     GlobalHydra.instance().clear()
@@ -233,7 +243,13 @@ def main() -> int:
     # warm starts are cached here by their settings (default: a fresh temporary folder, so the
     # first run of each env and seed trains one)
     p.add_argument("--cache", default=None)
+    # ENV=SOURCE,...: ENV's runs start from SOURCE's warm start (see warm_sources)
+    p.add_argument("--warm-from", default="")
+    # every seed's runs start from the warm start of this seed (an env whose warm start takes
+    # long: webnav in Chromium renders its demonstrations in ~17 min, then trains ~18 min)
+    p.add_argument("--warm-seed", type=int, default=None)
     args = p.parse_args()
+    warm_from = warm_sources(args.warm_from)
     from agentrl.train import run
 
     out = Path(args.out)
@@ -250,7 +266,7 @@ def main() -> int:
             for seed in (int(s) for s in args.seeds.split(",")):
                 cache = Path(args.cache) if args.cache else Path(tmp) / f"cache-{env}-{seed}"
                 runs = {}
-                source = WARM_FROM.get(env, env)
+                source = warm_from.get(env, env)
                 warm_cfg = config(
                     args, source, seed, "sync", Path(tmp) / f"{env}-{seed}-warm", cache
                 )

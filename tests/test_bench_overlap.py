@@ -130,3 +130,27 @@ def test_the_target_is_most_of_the_rise_both_reach_and_the_speedup_is_sync_over_
     # neither learns: both are "there" before RL, no speed-up to speak of
     flat = run(10.0, (0.0, 0.5), (10.0, 0.4))
     assert math.isnan(bench.compare({"sync": flat, "overlap": flat})["speedup"])
+
+
+def test_warm_from_and_warm_seed_pick_the_warm_start_the_runs_share(tmp_path):
+    """--warm-seed N: every seed's runs look up seed N's warm start (their own seeds otherwise);
+    --warm-from ENV=SOURCE is checked against the bench's envs."""
+    import argparse
+
+    from agentrl.utils.instantiate import instantiate
+    from agentrl.warmstart import warmstart_identity
+
+    bench = load_bench("bench_overlap")
+    assert bench.warm_sources("webnav_browser=webnav") == {"webnav_browser": "webnav"}
+    assert bench.warm_sources("") == {}
+    with pytest.raises(SystemExit, match=r"^--warm-from: 'webnav_browser=web' is not ENV=ENV"):
+        bench.warm_sources("webnav_browser=web")
+
+    def folders(warm_seed):
+        args = argparse.Namespace(steps=2, val_tasks=4, val_every=1, warm_seed=warm_seed)
+        cfgs = [bench.config(args, "webnav", s, "sync", tmp_path, tmp_path) for s in (1, 2)]
+        assert [c.seed for c in cfgs] == [1, 2]
+        return {instantiate(c.warmstart).folder(warmstart_identity(c)) for c in cfgs}
+
+    assert len(folders(None)) == 2
+    assert len(folders(0)) == 1
