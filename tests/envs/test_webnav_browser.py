@@ -137,6 +137,47 @@ def test_a_crashed_browser_fails_the_episode_and_is_restarted():
     assert_released(second)
 
 
+def test_chromium_restarted_every_recycle_pages_is_invisible_to_the_episodes():
+    """Two interleaved episodes (one with a typed field pending) and an oracle episode on a
+    Chromium restarted every 2 page loads see exactly what they see on one never restarted;
+    every process it went through is released."""
+
+    def play(recycle: int):
+        with WebNav(seed=0, backend="browser", **SMALL) as suite:
+            browser = suite.browser()
+            browser.recycle_pages = recycle
+            seen = []
+
+            def note(text):
+                if (browser.profile, browser.proc.pid) not in seen:
+                    seen.append((browser.profile, browser.proc.pid))
+                return text
+
+            tasks = [t for t in suite.tasks("val") if t.meta["goal"] == "price"][:2]
+            a, b = suite.make(), suite.make()
+            obs = [note(a.reset(tasks[0])), note(b.reset(tasks[1]))]
+            obs.append(note(a.step('type [3] "zzz"')[0]))
+            obs.append(note(b.step(f'type [3] "{tasks[1].meta["item"]["name"]}"')[0]))
+            for env in (a, b, b, a):
+                obs.append(note(env.step("submit" if env is a else "click [5]")[0]))
+            task = next(t for t in suite.tasks("val") if t.meta["goal"] == "buy")
+            env = suite.make()
+            obs.append(note(env.reset(task)))
+            for action in suite.oracle(task, random.Random(0)):
+                obs.append(note(env.step(action)[0]))
+            assert env.done and suite.verify(task, env)
+            restarts = browser.restarts
+        for info in seen:
+            assert_released(info)
+        return obs, restarts, len(seen)
+
+    want, restarts, processes = play(10**6)
+    assert restarts == 0 and processes == 1
+    got, restarts, processes = play(2)
+    assert restarts >= 3 and processes == restarts + 1
+    assert got == want
+
+
 def test_missing_executable_is_one_clear_error(chromium):
     for missing in ("/nope", "no-such-chromium"):
         with pytest.raises(BrowserError, match=f"Chromium not found: '{missing}' is not an"):

@@ -11,6 +11,12 @@ first, the pipe closes and Chromium quits by itself.
 One tab serves every episode: ``BrowserDriver`` (one per episode env) reloads the episode's page
 and re-applies its typed values before acting, so interleaved episodes never see each other's
 state. Pages are rendered from the DOM's HTML after scripts ran, so JavaScript content shows.
+
+A long-lived Chromium gets slower page after page (measured on the 2-core dev machine, oracle
+demonstrations of webnav's recipe: ~200 ms each on a fresh one, ~350 ms after 800 of them, the
+5,000 of its warm start not done in 85 min), so the process is restarted after ``recycle_pages``
+page loads, at the next navigation (a page the episode reloads anyway; its fields are re-applied
+as for an interleaved episode): ~200 ms each throughout (bench note in docs/envs.md).
 """
 
 from __future__ import annotations
@@ -81,9 +87,18 @@ class BrowserError(SiteError):
 class Chromium:
     """A headless Chromium process and one tab, over a CDP pipe. A context manager."""
 
-    def __init__(self, executable: str = "chromium", timeout: float = 10.0):
+    def __init__(
+        self, executable: str = "chromium", timeout: float = 10.0, recycle_pages: int = 1000
+    ):
+        if recycle_pages < 1:
+            raise ValueError(f"recycle_pages must be >= 1, got {recycle_pages}")
         self.executable = executable
         self.timeout = timeout
+        self.recycle_pages = recycle_pages
+        # pages loaded by this process; a fresh one is started at the first navigation after
+        # recycle_pages of them
+        self.loads = 0
+        self.restarts = 0
         self.proc: subprocess.Popen | None = None
         self.profile: str | None = None
         self.session: str | None = None
@@ -107,6 +122,8 @@ class Chromium:
                 f"Chromium not found: {self.executable!r} is not an executable on PATH "
                 "(Debian: apt-get install chromium)"
             )
+        self.loads, self._buf = 0, b""
+        self._events.clear()
         self.profile = tempfile.mkdtemp(prefix="agentrl-chromium-")
         to_r, self._to = os.pipe()
         self._from, from_w = os.pipe()
@@ -245,6 +262,12 @@ class Chromium:
 
     # ------------------------------------------------------------------ the tab
     def navigate(self, url: str) -> None:
+        if self.loads >= self.recycle_pages:
+            log.debug("webnav: Chromium restarted after %d page loads", self.loads)
+            self.close()
+            self.start()
+            self.restarts += 1
+        self.loads += 1
         self._events.clear()
         out = self.call("Page.navigate", {"url": url}, session=True)
         if out.get("errorText"):
@@ -258,6 +281,7 @@ class Chromium:
         if not self.evaluate(script):
             raise BrowserError("the element to act on is not in the page")
         if self.wait_event("Page.frameStartedLoading", NAV_START_S, quiet=True) is not None:
+            self.loads += 1
             self.wait_event("Page.loadEventFired")
 
     _pages = itertools.count(1)
