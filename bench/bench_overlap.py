@@ -263,6 +263,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-overlap-") as tmp:
         for env in args.envs.split(","):
             results = []
+            path = out / f"{env}.json"
+            old = json.loads(path.read_text()) if path.is_file() else None
             for seed in (int(s) for s in args.seeds.split(",")):
                 cache = Path(args.cache) if args.cache else Path(tmp) / f"cache-{env}-{seed}"
                 runs = {}
@@ -281,6 +283,9 @@ def main() -> int:
                 cmp = compare(runs, args.fraction)
                 target, t, speedup = cmp["target"], cmp["time_to_target"], cmp["speedup"]
                 results.append({"seed": seed, **cmp, "runs": runs})
+                # after each seed: a long run stopped midway keeps the seeds it finished
+                summary = summarize(env, vars(args), merge(old, results))
+                path.write_text(json.dumps(summary, indent=1))
                 shown = {
                     k: " ".join(f"{q['val_success']:.2f}" for q in r["points"])
                     for k, r in runs.items()
@@ -296,10 +301,6 @@ def main() -> int:
                     f"| {shown['sync']} | {shown['overlap']} |",
                     flush=True,
                 )
-            path = out / f"{env}.json"
-            old = json.loads(path.read_text()) if path.is_file() else None
-            summary = summarize(env, vars(args), merge(old, results))
-            path.write_text(json.dumps(summary, indent=1))
             print(
                 f"| {env} | mean | | | | {summary['speedup_mean']:.2f}x (min "
                 f"{summary['speedup_min']:.2f}x) | ({summary.get('run_speedup_mean', math.nan):.2f}x) "

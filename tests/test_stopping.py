@@ -222,12 +222,13 @@ SMALL_RUN = [
     "trainer.val_check_interval=2",
     "callbacks.export=null",
 ]
-COMMON = [
-    *SMALL_RUN,
+# a launched run's console without progress bars and model summary
+QUIET = [
     "trainer.enable_progress_bar=false",
     "callbacks.rich_progress=null",
     "trainer.enable_model_summary=false",
 ]
+COMMON = [*SMALL_RUN, *QUIET]
 # generous: a hang, not a slow machine, is what this catches
 TIMEOUT_S = 600
 
@@ -240,14 +241,20 @@ def stop_lines(output: str) -> list[str]:
 def launch(run_dir: Path, cache: Path, signal_at: str | None = None):
     """``python launch.py`` in its own session; returns (return code, console output: stdout and
     stderr together, session leftovers)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    env.pop(stopping.TEST_HOOK, None)
-    if signal_at:
-        env[stopping.TEST_HOOK] = signal_at
-    args = [*COMMON, f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"]
-    proc = spawn(args, env)
-    err, _ = proc.communicate(timeout=TIMEOUT_S)  # stderr is in stdout
-    return proc.returncode, err, leftovers(proc.pid)
+    hook = {stopping.TEST_HOOK: signal_at} if signal_at else {}
+    return launch_with(COMMON, run_dir, cache, OMP_NUM_THREADS="1", **hook)
+
+
+def launch_with(args: list[str], run_dir: Path, cache: Path, **env_vars: str):
+    """``python launch.py *args`` in its own session, writing to ``run_dir`` with cache
+    ``cache``, ``tests.`` targets allowed (a test's callbacks), ``env_vars`` added to its
+    environment (the test hook only from there); returns (return code, console output: stdout
+    and stderr together, session leftovers)."""
+    env = {k: v for k, v in os.environ.items() if k != stopping.TEST_HOOK}
+    env.update(PYTHONPATH=str(ROOT), AGENTRL_EXTRA_TARGETS="tests.", **env_vars)
+    proc = spawn([*args, f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"], env)
+    out, _ = proc.communicate(timeout=TIMEOUT_S)
+    return proc.returncode, out, leftovers(proc.pid)
 
 
 def spawn(args: list[str], env: dict) -> subprocess.Popen:

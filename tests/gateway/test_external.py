@@ -32,6 +32,17 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def gone(pid: int, within_s: float = 5.0) -> bool:
+    """Whether process ``pid`` is dead or a zombie within ``within_s`` seconds (a killed
+    grandchild is reaped by init, not at once)."""
+    deadline = time.monotonic() + within_s
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def make_runner(tokenizer, command, replies=("<answer>5</answer>",), **kw):
     suite = ExternalAgent(
         command=command,
@@ -134,12 +145,7 @@ def test_crash_timeout_and_missing_reward_are_counted_and_processes_killed(token
     assert (m["gateway/crashes"], m["gateway/missing_rewards"], m["gateway/no_calls"]) == (1, 1, 1)
     assert m["gateway/timeouts"] == 1 and m["gateway/timeouts_total"] == 1
     # the hung program's grandchild was killed with its process group; the port is closed
-    grandchild = int(pidfile.read_text())
-    for _ in range(50):
-        if not alive(grandchild):
-            break
-        time.sleep(0.1)
-    assert not alive(grandchild)
+    assert gone(int(pidfile.read_text()))
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", runner.gateway.port), 2):
         pass
 
@@ -355,9 +361,4 @@ def test_a_stop_abandons_the_rollout_and_kills_its_programs(
     assert trajs == []
     assert "rollout abandoned by a stop: 1 agent programs killed, 2 not started" in caplog.text
     assert runner.metrics()["gateway/rollouts_total"] == 0
-    grandchild = int(pidfile.read_text())
-    for _ in range(50):
-        if not alive(grandchild):
-            break
-        time.sleep(0.1)
-    assert not alive(grandchild)
+    assert gone(int(pidfile.read_text()))

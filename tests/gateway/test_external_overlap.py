@@ -16,7 +16,6 @@ import psutil
 import pytest
 import torch
 
-from agentrl import stopping
 from agentrl.train import checkpoint_rl_step
 from tests import test_stopping as ts
 from tests.gateway.conftest import WARM
@@ -33,9 +32,7 @@ ARGS = [
     "data.val_batch_size=4",
     "trainer.val_check_interval=2",
     "callbacks.export=null",
-    "trainer.enable_progress_bar=false",
-    "callbacks.rich_progress=null",
-    "trainer.enable_model_summary=false",
+    *ts.QUIET,
 ]
 MARK = "AGENTRL_TEST_RUN_MARK"
 
@@ -86,13 +83,8 @@ def agents_of(mark: str) -> list[int]:
 
 
 def launch(run_dir, cache, *extra: str):
-    env = dict(os.environ, PYTHONPATH=str(ts.ROOT), AGENTRL_EXTRA_TARGETS="tests.")
-    env[MARK] = str(run_dir)
-    env.pop(stopping.TEST_HOOK, None)
-    args = [*ARGS, *extra, f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"]
-    proc = ts.spawn(args, env)
-    out, _ = proc.communicate(timeout=ts.TIMEOUT_S)
-    return proc.returncode, out, ts.leftovers(proc.pid) + agents_of(str(run_dir))
+    rc, out, left = ts.launch_with([*ARGS, *extra], run_dir, cache, **{MARK: str(run_dir)})
+    return rc, out, left + agents_of(str(run_dir))
 
 
 @pytest.mark.slow

@@ -6,12 +6,9 @@ updates), launch.py in its own session."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-from agentrl import stopping
 from agentrl.train import checkpoint_rl_step
 from tests import test_stopping as ts
 from tests.test_pipeline import same_rows
@@ -30,19 +27,12 @@ ARGS = [
     "data.val_batch_size=4",
     "trainer.val_check_interval=2",
     "callbacks.export=null",
-    "trainer.enable_progress_bar=false",
-    "callbacks.rich_progress=null",
-    "trainer.enable_model_summary=false",
+    *ts.QUIET,
 ]
 
 
 def launch(run_dir, cache, *extra: str):
-    env = dict(os.environ, PYTHONPATH=str(ts.ROOT), AGENTRL_EXTRA_TARGETS="tests.")
-    env.pop(stopping.TEST_HOOK, None)
-    args = [*ARGS, *extra, f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"]
-    proc = ts.spawn(args, env)
-    out, _ = proc.communicate(timeout=ts.TIMEOUT_S)
-    return proc.returncode, out, ts.leftovers(proc.pid)
+    return ts.launch_with([*ARGS, *extra], run_dir, cache)
 
 
 @pytest.mark.slow
