@@ -431,7 +431,6 @@ def test_overlap_same_seed_same_metrics_and_resume_reproduces(make_cfg, tmp_path
 def test_overlap_sigterm_during_an_update_saves_and_the_rerun_matches(
     tmp_path, shared_cache, monkeypatch
 ):
-    from agentrl.train import checkpoint_rl_step
     from tests.test_train import metrics_rows
 
     # tests/test_stopping.py's runs (launch.py in its own session), in overlap mode
@@ -445,10 +444,7 @@ def test_overlap_sigterm_during_an_update_saves_and_the_rerun_matches(
     rc, err, left = ts.launch(tmp_path / "run", cache, "update:3")
     assert rc == 143, err[-3000:]
     assert not left, f"processes left behind: {left}"
-    (line,) = ts.stop_lines(err)
-    path = line.split("checkpoint of RL step 3: ")[1].split(";")[0]
-    assert checkpoint_rl_step(path) == 3
-    (state,) = torch.load(path, weights_only=True)["agentrl"]["pipeline"]
+    state = stopped_pipeline(err, 3)
     # abandoned (saved with its snapshot's weights) or, had it finished first, ready
     saved = state["pending"] or state["ready"]
     assert (saved["step"], saved["version"]) == (3, 2)
@@ -457,6 +453,18 @@ def test_overlap_sigterm_during_an_update_saves_and_the_rerun_matches(
     assert rc == 0, err[-3000:]
     assert not left
     same_rows(metrics_rows(tmp_path / "run"), metrics_rows(tmp_path / "want"))
+
+
+def stopped_pipeline(output: str, step: int) -> dict:
+    """The pipeline state (one process) in the checkpoint of RL step ``step`` that a stopped
+    run's one stop line in ``output`` names."""
+    from agentrl.train import checkpoint_rl_step
+
+    (line,) = ts.stop_lines(output)
+    path = line.split(f"checkpoint of RL step {step}: ")[1].split(";")[0]
+    assert checkpoint_rl_step(path) == step
+    (state,) = torch.load(path, weights_only=True)["agentrl"]["pipeline"]
+    return state
 
 
 class SignalInFlight(L.Callback):

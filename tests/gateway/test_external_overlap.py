@@ -14,12 +14,10 @@ import signal
 import lightning as L
 import psutil
 import pytest
-import torch
 
-from agentrl.train import checkpoint_rl_step
 from tests import test_stopping as ts
 from tests.gateway.conftest import WARM
-from tests.test_pipeline import same_rows
+from tests.test_pipeline import same_rows, stopped_pipeline
 from tests.test_train import metrics_rows, rows_with
 
 ARGS = [
@@ -114,10 +112,7 @@ def test_overlap_with_agent_programs_trains_and_a_stopped_run_resumes_exactly(tm
     (abandoned,) = re.findall(r"rollout abandoned by a stop: (\d+) agent programs killed, (\d+) "
                               r"not started", out)  # fmt: skip
     assert int(abandoned[0]) >= 1 and int(abandoned[1]) >= 1
-    (line,) = ts.stop_lines(out)
-    path = line.split("checkpoint of RL step 2: ")[1].split(";")[0]
-    assert checkpoint_rl_step(path) == 2
-    (state,) = torch.load(path, weights_only=True)["agentrl"]["pipeline"]
+    state = stopped_pipeline(out, 2)
     pending = state["pending"]
     assert state["ready"] is None and pending["trajs"] is None and pending["weights"]
     rc, out, left = launch(tmp_path / "run", warm_cache)

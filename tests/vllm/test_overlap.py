@@ -7,11 +7,9 @@ updates), launch.py in its own session."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-from agentrl.train import checkpoint_rl_step
 from tests import test_stopping as ts
-from tests.test_pipeline import same_rows
+from tests.test_pipeline import same_rows, stopped_pipeline
 from tests.test_train import metrics_rows, rows_with
 from tests.vllm.test_e2e import PARITY_REWARD
 
@@ -62,10 +60,7 @@ def test_overlap_with_vllm_trains_and_a_stopped_run_resumes_exactly(tmp_path):
     rc, out, left = launch(tmp_path / "run", cache, *signal_at)
     assert rc == 143, out[-3000:]
     assert not left, f"processes left behind: {left}"
-    (line,) = ts.stop_lines(out)
-    path = line.split("checkpoint of RL step 3: ")[1].split(";")[0]
-    assert checkpoint_rl_step(path) == 3
-    (state,) = torch.load(path, weights_only=True)["agentrl"]["pipeline"]
+    state = stopped_pipeline(out, 3)
     pending = state["pending"]
     assert state["ready"] is None and (pending["step"], pending["version"]) == (3, 2)
     # saved with the weights vLLM was pushed for it (version 2, not the checkpoint's 3)

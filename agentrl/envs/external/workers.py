@@ -162,9 +162,7 @@ class WorkerPool:
             if stop is not None and stop():
                 for w in [w for w in self.workers if w.job is not None]:
                     w.job.outcome = "abandoned"
-                    kill_group(w.popen)
-                    _close_pipes(w)
-                    self.workers.remove(w)
+                    self._discard(w)
                 return True
             for w in self.workers:
                 if todo and w.loaded and not w.dead and w.job is None:
@@ -266,12 +264,16 @@ class WorkerPool:
             elif not w.loaded and now - w.since > self.timeout_s:
                 self._replace(w, f"did not import the entry point in {self.timeout_s:g}s")
 
-    def _replace(self, w: _Worker, why: str) -> None:
-        """Kill ``w`` (its process group) and start a fresh worker, unless a fresh one already
-        failed to start in this run."""
+    def _discard(self, w: _Worker) -> None:
+        """Kill ``w`` (its process group) and drop it from the pool."""
         kill_group(w.popen)
         _close_pipes(w)
         self.workers.remove(w)
+
+    def _replace(self, w: _Worker, why: str) -> None:
+        """Kill ``w`` (its process group) and start a fresh worker, unless a fresh one already
+        failed to start in this run."""
+        self._discard(w)
         if not w.loaded:
             self.broken = why
         if self.broken is None:
