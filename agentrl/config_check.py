@@ -731,8 +731,22 @@ def check_pipeline(cfg: DictConfig) -> None:
         )
 
 
+def check_engine(cfg: DictConfig) -> None:
+    """rollout=vllm runs one engine per rank on the policy's whole weights: with trainer=ddp
+    (or one process), not with trainer=fsdp, whose ranks hold shards."""
+    engine = str(_value(cfg, "rollout.engine._target_") or "")
+    strategy = str(_value(cfg, "trainer.strategy._target_") or "")
+    if engine.endswith("VLLMEngine") and strategy.endswith("ModelParallelStrategy"):
+        raise ConfigError(
+            "rollout=vllm does not support trainer=fsdp (each rank's engine is loaded from and "
+            "pushed the policy's whole weights, which FSDP shards); use trainer=ddp, where each "
+            "rank runs its own engine, or rollout=hf"
+        )
+
+
 RELATIONS = (
     check_pipeline,
+    check_engine,
     check_validation_interval,
     check_ranks,
     check_episode_length,

