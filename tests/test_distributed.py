@@ -152,9 +152,23 @@ def single(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AGENTRL_EXTRA_TARGETS", "tests.")
         run(compose_config(list(COMMON), tmp / "run", tmp / "cache"))
-    state = torch.load(tmp / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    policy = {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
-    return {"rows": metrics_rows(tmp / "run"), "policy": policy}
+    return {"rows": metrics_rows(tmp / "run"), "policy": policy_of(tmp / "run")}
+
+
+def policy_of(run_dir) -> dict[str, torch.Tensor]:
+    """The policy's weights in a run's last checkpoint."""
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    return {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
+
+
+def rank_params(folder) -> dict[str, torch.Tensor]:
+    """Each rank's parameters at the end of fit (``DumpParams``); the ranks must hold the same
+    weights. Returns rank 0's."""
+    rank0 = torch.load(folder / "rank0.pt", weights_only=True)
+    rank1 = torch.load(folder / "rank1.pt", weights_only=True)
+    for k in rank0:
+        assert torch.equal(rank0[k], rank1[k]), f"ranks differ on {k}"
+    return rank0
 
 
 def assert_same_run(rows, single):
@@ -183,11 +197,7 @@ def test_ddp_two_processes_match_one(single, tmp_path):
         "+callbacks.dump._target_=tests.test_distributed.DumpParams",
         f"+callbacks.dump.dirpath={tmp_path / 'params'}",
     )
-    rank0 = torch.load(tmp_path / "params" / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "params" / "rank1.pt", weights_only=True)
-    for k in rank0:
-        assert torch.equal(rank0[k], rank1[k]), f"ranks differ on {k}"
-    assert_close_params(rank0, single)
+    assert_close_params(rank_params(tmp_path / "params"), single)
     assert_same_run(metrics_rows(run_dir), single)
     # only rank 0 writes the run's files
     assert (

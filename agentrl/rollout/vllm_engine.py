@@ -48,6 +48,7 @@ from pathlib import Path
 
 import torch
 
+from agentrl import distributed as D
 from agentrl.protocols import Engine
 from agentrl.rollout.engine import Generation, SamplingParams
 from agentrl.utils.instantiate import ConfigError
@@ -93,20 +94,11 @@ def hf_state_dict(model, merge_lora: bool) -> dict[str, torch.Tensor]:
     return out
 
 
-def _multi_process() -> bool:
-    return torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
-
-
-def _sharded(model) -> bool:
-    """Whether the policy's parameters are sharded over ranks (FSDP2's DTensors)."""
-    return any(hasattr(p, "full_tensor") for p in model.parameters())
-
-
 @contextlib.contextmanager
 def _rank_environment():
     """RANK and LOCAL_RANK, which vLLM's torchrun mode reads, set from the trainer's process
     group for the engine's start (Lightning's launchers and SLURM name them differently)."""
-    if not _multi_process():
+    if not D.is_distributed():
         yield
         return
     rank = torch.distributed.get_rank()
@@ -131,7 +123,7 @@ def _writes_on_every_rank(model):
     """Under torch.distributed, transformers' ``save_pretrained`` writes on rank 0 only (a
     shared checkpoint); each rank's engine loads from its own private folder, so here every
     rank writes."""
-    if not _multi_process() or not hasattr(model, "should_save_on_this_rank"):
+    if not D.is_distributed() or not hasattr(model, "should_save_on_this_rank"):
         yield
         return
     model.should_save_on_this_rank = lambda is_main_process: is_main_process
@@ -232,7 +224,7 @@ class VLLMEngine(Engine):
         if self.llm is not None:
             self.sync(model)
             return
-        if _sharded(model):
+        if D.fsdp_modules(model):
             raise ConfigError(
                 "rollout=vllm does not support trainer=fsdp (the engine is loaded from and "
                 "pushed the policy's full weights, which FSDP shards over ranks); use "
@@ -243,7 +235,7 @@ class VLLMEngine(Engine):
         Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
         workdir = tempfile.mkdtemp(prefix="policy-", dir=self.cache_dir)
         self._state["workdir"] = workdir
-        self._state["shared_process_group"] = _multi_process()
+        self._state["shared_process_group"] = D.is_distributed()
         self._finalizer = weakref.finalize(self, _shutdown, self._state)
         self._save_policy(model, tokenizer, Path(workdir), adapter)
         self.llm = self._start(model, Path(workdir), adapter)
@@ -286,7 +278,7 @@ class VLLMEngine(Engine):
             kwargs["max_num_batched_tokens"] = max(self.max_model_len, 8192)
         if self.kv_cache_gb is not None:
             kwargs["kv_cache_memory_bytes"] = int(self.kv_cache_gb * 2**30)
-        if _multi_process():
+        if D.is_distributed():
             # one engine per trainer rank, on the trainer's process group (vLLM's torchrun
             # mode): its tensor-parallel group is the rank alone, so generation runs no
             # collective, and the ranks' engines only meet at start-up

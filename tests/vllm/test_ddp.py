@@ -10,27 +10,12 @@ the ranks update together."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests import test_distributed as td
 from tests.test_train import rows_with
 
 VLLM = ["rollout=vllm", "callbacks.export=null"]
 DUMP = "+callbacks.dump._target_=tests.test_distributed.DumpParams"
-
-
-def rank_params(folder):
-    """Each rank's parameters at the end of fit; the ranks must hold the same weights."""
-    rank0 = torch.load(folder / "rank0.pt", weights_only=True)
-    rank1 = torch.load(folder / "rank1.pt", weights_only=True)
-    for k in rank0:
-        assert torch.equal(rank0[k], rank1[k]), f"ranks differ on {k}"
-    return rank0
-
-
-def policy_of(run_dir):
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    return {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
 
 
 def assert_engines_had_the_weights(rows, steps: int):
@@ -56,11 +41,11 @@ def test_ddp_with_vllm_engines_matches_one_process(tmp_path):
         DUMP,
         f"+callbacks.dump.dirpath={tmp_path / 'params'}",
     )
-    single = {"rows": td.metrics_rows(tmp_path / "one"), "policy": policy_of(tmp_path / "one")}
+    single = {"rows": td.metrics_rows(tmp_path / "one"), "policy": td.policy_of(tmp_path / "one")}
     assert_engines_had_the_weights(single["rows"], 3)
     rows = td.metrics_rows(tmp_path / "ddp")
     assert_engines_had_the_weights(rows, 3)
-    td.assert_close_params(rank_params(tmp_path / "params"), single)
+    td.assert_close_params(td.rank_params(tmp_path / "params"), single)
     td.assert_same_run(rows, single)
     assert not list((cache / "vllm").iterdir()), "each rank's engine folder is removed"
 
@@ -86,5 +71,5 @@ def test_ddp_overlap_each_rank_generates_with_its_own_engine(tmp_path):
     assert steps[0]["rollout/logprob_diff"] < 1e-4
     # the next ones by the weights pushed before the last update: corrected for the lag
     assert any(abs(r["pipeline/is_weight_mean"] - 1) > 1e-4 for r in steps[1:])
-    rank_params(tmp_path / "params")
+    td.rank_params(tmp_path / "params")
     assert not list((cache / "vllm").iterdir()), "each rank's engine folder is removed"
